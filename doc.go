@@ -1,0 +1,88 @@
+// Package tether puts connection setup inside a Go application: one
+// installation invites another with a signed invitation code, the partner
+// pastes the code to accept, and from then on the two are connected, also
+// when one of them sits behind a firewall.
+//
+// # Model
+//
+// An instance is one installation of the host application. It has a stable
+// ID and an Ed25519 signing key (Instance, kept in the Store). A Node is the
+// connection manager of an instance.
+//
+// A connection is the agreement between this instance and a remote party:
+// another tether instance (KindPeer) or an external org such as a
+// Salesforce org or a Dynamics 365 environment (KindOrg). Both sides keep
+// their own Connection record; the two records point at each other.
+//
+// A side is public when it has an endpoint URL others can call, and private
+// when it has none: a private side sits behind a firewall and only makes
+// outgoing requests. One side of every connection must be public.
+//
+// # Invitations
+//
+// The initiator calls Node.Initiate with the partner's URL, or with none
+// ("I don't have a URL": the partner is private). It gets a Pending
+// connection and an invitation code:
+//
+//	tether_inv_<compact JWS signed with EdDSA>.<checksum>
+//
+// The code carries who invites (instance ID and public key), the
+// connection's name, description and short names, its configuration mode,
+// the initiator's URL (or none when the initiator is private), the
+// destination URL, and an expiry (72 hours by default). The checksum makes a
+// mistyped character a local CodeDamagedCode error. A code is accepted at
+// most once, it can be revoked while pending, and it expires.
+//
+// The partner shows what a code says with Node.Preview and accepts it with
+// Node.Accept. The handshake then depends on who is public:
+//
+//   - initiator public: the acceptor presents the code to the initiator,
+//     which checks it with its own key, consumes it, and answers signed with
+//     the key the code pinned. Both sides are Active when Accept returns.
+//   - initiator private, acceptor public: the acceptor records the
+//     connection as Active; the initiator, which alone can make requests,
+//     asks the acceptor (Node.Run, or Node.Sync once) until the acceptance is
+//     there, then turns Active.
+//   - both private: refused by Initiate and by Accept.
+//
+// Requests between instances are signed with the instances' keys, carry a
+// timestamp (±5 minutes) and a nonce (replays are refused).
+//
+// # Lifecycle
+//
+// Every status change goes through one transition table, Next; a move it
+// does not allow is a CodeInvalidTransition error, never a silent no-op.
+//
+//	Pending --accept--> Active <--activate-- Paused
+//	   |                  |  \--pause------>   |
+//	   |                  |   \--auth lost--> Inactive --reauthorize--> Active
+//	   |--expire/revoke-> Deleted <--delete-- (any but Deleted)
+//
+// Paused connections keep their queue; Deleted ones stay readable with
+// their history. The configuration mode (Basic, Visual, Script) is fixed at
+// creation. Every change appends an Event to the connection's history, in
+// the same atomic step.
+//
+// # Embedding
+//
+// A host supplies a Store (memstore for tests and single processes,
+// sqlstore for durable data), a Transport (httptransport over HTTP,
+// tethertest in tests) and, when it is public, mounts the transport's
+// handler at its Endpoint:
+//
+//	node, err := tether.Open(ctx, tether.Config{
+//		Store:     memstore.New(),
+//		Transport: transport,
+//		Endpoint:  "https://support.example.com/tether",
+//	})
+//	conn, code, err := node.Initiate(ctx, tether.InitiateRequest{
+//		Mode: tether.ModeBasic, LocalName: "Support", RemoteName: "Engineering",
+//		Name: "Support to Engineering",
+//	})
+//	// show code to the user; on the other side:
+//	conn, err = other.Accept(ctx, code, tether.AcceptOptions{})
+//
+// Errors are *Error values with a stable Code; ErrorCode extracts it and the
+// Err* sentinels work with errors.Is. No error or log line contains an
+// invitation code, a token or key material.
+package tether

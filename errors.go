@@ -1,0 +1,126 @@
+package tether
+
+import (
+	"errors"
+	"strings"
+)
+
+// Code classifies an error. Codes are part of the API: they are only ever
+// added, never renamed or removed, so hosts may switch on them, store them
+// and show them.
+type Code string
+
+// Error codes.
+const (
+	CodeInternal          Code = "internal"           // a bug or an unexpected fault
+	CodeInvalid           Code = "invalid"            // input failed validation; the message names the field
+	CodeNotFound          Code = "not_found"          // no such connection (or not visible to the caller)
+	CodeAlreadyExists     Code = "already_exists"     // a record with that ID exists
+	CodeConflict          Code = "conflict"           // the record changed since it was read (Version mismatch)
+	CodeInvalidTransition Code = "invalid_transition" // the status machine does not allow the move
+	CodeModeFixed         Code = "mode_fixed"         // the configuration mode cannot change after creation
+	CodeBothPrivate       Code = "both_private"       // neither side has an endpoint
+	CodeDamagedCode       Code = "damaged_code"       // an invitation code failed its checksum: a typo
+	CodeMalformed         Code = "malformed"          // a code or token is not well formed
+	CodeBadSignature      Code = "bad_signature"      // a signature did not verify
+	CodeUnknownKey        Code = "unknown_key"        // the key ID is not one this instance knows
+	CodeExpired           Code = "expired"            // an invitation or token is past its lifetime
+	CodeNotYetValid       Code = "not_yet_valid"      // an invitation or token is dated in the future
+	CodeAlreadyUsed       Code = "already_used"       // an invitation was accepted already
+	CodeRevoked           Code = "revoked"            // the invitation was revoked or its connection deleted
+	CodeURLRefused        Code = "url_refused"        // the URL policy forbids contacting that address
+	CodeKeyMismatch       Code = "key_mismatch"       // the peer signed with a key other than the pinned one
+	CodeUnauthenticated   Code = "unauthenticated"    // a request between instances failed authentication
+	CodeUnavailable       Code = "unavailable"        // the peer or network could not be reached; retry later
+	CodeProtocol          Code = "protocol"           // the peer answered something this version does not understand
+)
+
+// Error is the error type of tether and its adapters. Code is stable API,
+// Op names the operation that failed ("tether: accept"), Message says what
+// went wrong in words a user can act on, and Err is the underlying cause.
+//
+// Messages and causes never contain secrets: no invitation code, token,
+// signature or key material.
+type Error struct {
+	Code    Code
+	Op      string
+	Message string
+	Err     error
+}
+
+func (e *Error) Error() string {
+	var b strings.Builder
+	if e.Op != "" {
+		b.WriteString(e.Op)
+		b.WriteString(": ")
+	}
+	if e.Message != "" {
+		b.WriteString(e.Message)
+	} else {
+		b.WriteString(strings.ReplaceAll(string(e.Code), "_", " "))
+	}
+	if e.Err != nil {
+		b.WriteString(": ")
+		b.WriteString(e.Err.Error())
+	}
+	return b.String()
+}
+
+func (e *Error) Unwrap() error { return e.Err }
+
+// Is reports whether target is the sentinel for e's code, so that
+// errors.Is(err, tether.ErrAlreadyUsed) works through any wrapping.
+func (e *Error) Is(target error) bool {
+	s, ok := target.(*sentinel)
+	return ok && s.code == e.Code
+}
+
+// sentinel is the type of the Err* values: comparable by code only.
+type sentinel struct{ code Code }
+
+func (s *sentinel) Error() string { return "tether: " + strings.ReplaceAll(string(s.code), "_", " ") }
+
+// Sentinels for errors.Is. Every *Error matches the sentinel of its Code.
+var (
+	ErrNotFound          error = &sentinel{CodeNotFound}
+	ErrAlreadyExists     error = &sentinel{CodeAlreadyExists}
+	ErrConflict          error = &sentinel{CodeConflict}
+	ErrInvalid           error = &sentinel{CodeInvalid}
+	ErrInvalidTransition error = &sentinel{CodeInvalidTransition}
+	ErrDamagedCode       error = &sentinel{CodeDamagedCode}
+	ErrAlreadyUsed       error = &sentinel{CodeAlreadyUsed}
+	ErrExpired           error = &sentinel{CodeExpired}
+	ErrRevoked           error = &sentinel{CodeRevoked}
+	ErrURLRefused        error = &sentinel{CodeURLRefused}
+	ErrUnavailable       error = &sentinel{CodeUnavailable}
+)
+
+// ErrorCode returns the Code of the first *Error in err's chain, CodeInternal
+// for any other non-nil error, and "" for nil.
+func ErrorCode(err error) Code {
+	if err == nil {
+		return ""
+	}
+	var e *Error
+	if errors.As(err, &e) {
+		return e.Code
+	}
+	if s, ok := err.(*sentinel); ok {
+		return s.code
+	}
+	return CodeInternal
+}
+
+// Wrap returns err unchanged when it already carries a tether code, and
+// otherwise wraps it as an *Error with the given code and op. Adapters use it
+// to translate their driver errors.
+func Wrap(code Code, op string, err error) error {
+	if err == nil {
+		return nil
+	}
+	var e *Error
+	if errors.As(err, &e) {
+		return err
+	}
+	return &Error{Code: code, Op: op, Err: err}
+}

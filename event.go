@@ -1,0 +1,46 @@
+package tether
+
+import "time"
+
+// EventType names what happened to a connection.
+type EventType string
+
+const (
+	EventCreated      EventType = "created"      // the connection was created (initiated or accepted)
+	EventAccepted     EventType = "accepted"     // the handshake completed; the connection is active
+	EventUpdated      EventType = "updated"      // name, description, rules or settings changed
+	EventPaused       EventType = "paused"       // paused
+	EventActivated    EventType = "activated"    // resumed after a pause
+	EventDeleted      EventType = "deleted"      // soft-deleted
+	EventRevoked      EventType = "revoked"      // the pending invitation was revoked
+	EventExpired      EventType = "expired"      // the pending invitation expired
+	EventAuthLost     EventType = "auth_lost"    // credentials stopped working; the connection is inactive
+	EventReauthorized EventType = "reauthorized" // credentials restored
+	EventKeyRotated   EventType = "key_rotated"  // reserved for instance-wide key changes
+)
+
+// Event is one entry of a connection's history. Events are appended in the
+// same atomic step as the change they describe and stay readable after the
+// connection is deleted.
+type Event struct {
+	// Seq orders events: assigned by the Store, increasing across the whole
+	// store, so events of one connection come back in the order they were
+	// appended.
+	Seq          int64
+	ConnectionID string
+	Type         EventType
+	Time         time.Time
+	// Actor says who caused it: "local" for a call on this instance,
+	// "remote" for the peer, "system" for expiry and the like, or an actor
+	// the host passed in (a user ID).
+	Actor string
+	// Detail is a short human-readable note; never a secret.
+	Detail string
+}
+
+// Actors recorded in events when the host names none.
+const (
+	ActorLocal  = "local"
+	ActorRemote = "remote"
+	ActorSystem = "system"
+)

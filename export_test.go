@@ -1,0 +1,24 @@
+package tether
+
+import (
+	"crypto/ed25519"
+	"encoding/base64"
+	"encoding/json"
+	"strings"
+	"time"
+)
+
+// SignResponse signs a response to the request whose token is reqAuth with
+// priv, as an impostor answering at a peer's URL would.
+func SignResponse(priv ed25519.PrivateKey, instance string, op Op, reqAuth string, body []byte, now time.Time) string {
+	var c requestClaims
+	payload := strings.Split(reqAuth, ".")[1]
+	raw, _ := base64.RawURLEncoding.DecodeString(payload)
+	_ = json.Unmarshal(raw, &c)
+	key := InstanceKey{ID: KeyID(priv.Public().(ed25519.PublicKey)), Private: priv}
+	auth, err := signedMessage(key, instance, op, c.Issuer, body, now, "AAAAAAAAAAAAAAAAAAAAAA", c.ID)
+	if err != nil {
+		panic(err)
+	}
+	return auth
+}

@@ -1,0 +1,159 @@
+package tether
+
+import (
+	"crypto/ed25519"
+	"crypto/sha256"
+	"encoding/base32"
+	"encoding/base64"
+	"encoding/binary"
+	"fmt"
+	"io"
+	"time"
+)
+
+// Instance is this installation's identity as a Store keeps it: a stable ID
+// and its Ed25519 signing keys. The private keys are secrets: a Store that
+// writes them anywhere durable seals them first.
+type Instance struct {
+	ID   string
+	Keys []InstanceKey // the current key first, then retired keys, newest first
+	// Version is incremented by the Store on every save (0: never saved).
+	Version int64
+}
+
+// InstanceKey is one signing key of an instance.
+type InstanceKey struct {
+	ID      string             // KeyID of the public key
+	Private ed25519.PrivateKey // secret
+	Created time.Time
+	Retired time.Time // zero while the key is current
+	Expires time.Time // zero: never; after it the key no longer verifies
+}
+
+// Public returns the public half of k.
+func (k InstanceKey) Public() ed25519.PublicKey { return k.Private.Public().(ed25519.PublicKey) }
+
+// KeyID returns the key ID of an Ed25519 public key: the unpadded base64url
+// encoding of the first 12 bytes of its SHA-256. It is what invitations and
+// requests carry in their kid header and what Fingerprint shows people.
+func KeyID(pub ed25519.PublicKey) string {
+	sum := sha256.Sum256(pub)
+	return base64.RawURLEncoding.EncodeToString(sum[:12])
+}
+
+// idChars is the length of the random part of a tether ID.
+const idChars = 26
+
+// idEncoding is base32hex in lowercase: it sorts like the bytes it encodes.
+var idEncoding = base32.NewEncoding("0123456789abcdefghijklmnopqrstuv").WithPadding(base32.NoPadding)
+
+// newID returns prefix_ followed by 16 bytes in base32hex: 6 bytes of
+// milliseconds since the epoch, so IDs sort by creation time, then 10 random
+// bytes.
+func newID(prefix string, now time.Time, rnd io.Reader) (string, error) {
+	var b [16]byte
+	binary.BigEndian.PutUint64(b[:8], uint64(now.UnixMilli())<<16)
+	if _, err := io.ReadFull(rnd, b[6:]); err != nil {
+		return "", fmt.Errorf("tether: read random: %w", err)
+	}
+	return prefix + "_" + idEncoding.EncodeToString(b[:]), nil
+}
+
+// derivedID returns an ID like newID's whose time part is t and whose
+// remaining bytes are a hash of parts: the same inputs always give the same
+// ID.
+func derivedID(prefix string, t time.Time, parts ...string) string {
+	h := sha256.New()
+	for _, p := range parts {
+		var n [8]byte
+		binary.BigEndian.PutUint64(n[:], uint64(len(p)))
+		h.Write(n[:])
+		h.Write([]byte(p))
+	}
+	var b [16]byte
+	binary.BigEndian.PutUint64(b[:8], uint64(t.UnixMilli())<<16)
+	copy(b[6:], h.Sum(nil))
+	return prefix + "_" + idEncoding.EncodeToString(b[:])
+}
+
+// newInstance creates an identity with one fresh key.
+func newInstance(now time.Time, rnd io.Reader) (*Instance, error) {
+	id, err := newID("inst", now, rnd)
+	if err != nil {
+		return nil, err
+	}
+	k, err := newKey(now, rnd)
+	if err != nil {
+		return nil, err
+	}
+	return &Instance{ID: id, Keys: []InstanceKey{k}}, nil
+}
+
+func newKey(now time.Time, rnd io.Reader) (InstanceKey, error) {
+	pub, priv, err := ed25519.GenerateKey(rnd)
+	if err != nil {
+		return InstanceKey{}, fmt.Errorf("tether: generate key: %w", err)
+	}
+	return InstanceKey{ID: KeyID(pub), Private: priv, Created: now}, nil
+}
+
+// rotate returns a copy of inst whose new current key is k; the previous
+// current key is retired now and verifies until now+overlap. Keys already
+// expired are dropped.
+func (inst *Instance) rotate(k InstanceKey, now time.Time, overlap time.Duration) *Instance {
+	out := &Instance{ID: inst.ID, Version: inst.Version, Keys: []InstanceKey{k}}
+	for _, old := range inst.Keys {
+		if old.Retired.IsZero() {
+			old.Retired = now
+			old.Expires = now.Add(overlap)
+		}
+		if !old.Expires.IsZero() && !now.Before(old.Expires) {
+			continue
+		}
+		out.Keys = append(out.Keys, old)
+	}
+	return out
+}
+
+// validate checks what a Node relies on when it loads an instance.
+func (inst *Instance) validate() error {
+	if err := checkID("Instance.ID", inst.ID); err != nil {
+		return err
+	}
+	if len(inst.Keys) == 0 || !inst.Keys[0].Retired.IsZero() {
+		return &Error{Code: CodeInvalid, Message: "instance has no current key"}
+	}
+	for _, k := range inst.Keys {
+		if len(k.Private) != ed25519.PrivateKeySize || KeyID(k.Public()) != k.ID {
+			return &Error{Code: CodeInvalid, Message: "instance key is damaged"}
+		}
+	}
+	return nil
+}
+
+// keySet is an immutable view of an instance's keys for signing and
+// verifying.
+type keySet struct {
+	instance string
+	current  InstanceKey
+	public   ed25519.PublicKey
+	verify   map[string]InstanceKey // by key ID, current and retired
+}
+
+func newKeySet(inst *Instance) *keySet {
+	ks := &keySet{instance: inst.ID, current: inst.Keys[0], public: inst.Keys[0].Public(), verify: make(map[string]InstanceKey, len(inst.Keys))}
+	for _, k := range inst.Keys {
+		ks.verify[k.ID] = k
+	}
+	return ks
+}
+
+// lookup returns the public key for kid if it is known and not expired at
+// now. It never does more than a map lookup.
+func (ks *keySet) lookup(kid string, now time.Time) (ed25519.PublicKey, bool) {
+	k, ok := ks.verify[kid]
+	if !ok || !k.Expires.IsZero() && !now.Before(k.Expires) {
+		return nil, false
+	}
+	return k.Public(), true
+}

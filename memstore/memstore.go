@@ -1,0 +1,245 @@
+// Package memstore is a tether.Store kept in memory: for tests, examples and
+// single-process hosts that need no durability. It is the reference
+// implementation the conformance suite (storetest) is written against.
+package memstore
+
+import (
+	"context"
+	"crypto/ed25519"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/tetherkit/tether"
+)
+
+// Store is an in-memory tether.Store. The zero value is not usable: call New.
+type Store struct {
+	mu       sync.RWMutex
+	instance *tether.Instance
+	conns    map[string]*tether.Connection
+	ids      []string // sorted connection IDs
+	events   map[string][]tether.Event
+	seq      int64
+	used     map[string]time.Time // consumed invitation keys -> expiry
+	sweep    time.Time            // next time used is swept of expired keys
+}
+
+var _ tether.Store = (*Store)(nil)
+
+// New returns an empty Store.
+func New() *Store {
+	return &Store{
+		conns:  make(map[string]*tether.Connection),
+		events: make(map[string][]tether.Event),
+		used:   make(map[string]time.Time),
+	}
+}
+
+func cloneInstance(in *tether.Instance) *tether.Instance {
+	out := *in
+	out.Keys = make([]tether.InstanceKey, len(in.Keys))
+	for i, k := range in.Keys {
+		k.Private = append(ed25519.PrivateKey(nil), k.Private...)
+		out.Keys[i] = k
+	}
+	return &out
+}
+
+// LoadInstance implements tether.Store.
+func (s *Store) LoadInstance(ctx context.Context) (*tether.Instance, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.instance == nil {
+		return nil, &tether.Error{Code: tether.CodeNotFound, Op: "memstore: load instance", Message: "no instance identity saved"}
+	}
+	return cloneInstance(s.instance), nil
+}
+
+// SaveInstance implements tether.Store.
+func (s *Store) SaveInstance(ctx context.Context, inst *tether.Instance) error {
+	const op = "memstore: save instance"
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch {
+	case inst.Version == 0 && s.instance != nil:
+		return &tether.Error{Code: tether.CodeAlreadyExists, Op: op, Message: "an instance identity exists"}
+	case inst.Version != 0 && s.instance == nil:
+		return &tether.Error{Code: tether.CodeNotFound, Op: op, Message: "no instance identity saved"}
+	case inst.Version != 0 && s.instance.Version != inst.Version:
+		return &tether.Error{Code: tether.CodeConflict, Op: op, Message: "instance identity changed since it was read"}
+	}
+	stored := cloneInstance(inst)
+	stored.Version++
+	s.instance = stored
+	inst.Version = stored.Version
+	return nil
+}
+
+// CreateConnection implements tether.Store.
+func (s *Store) CreateConnection(ctx context.Context, c *tether.Connection, events ...tether.Event) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.create("memstore: create connection", c, events)
+}
+
+func (s *Store) create(op string, c *tether.Connection, events []tether.Event) error {
+	if err := c.Validate(); err != nil {
+		return err
+	}
+	if _, ok := s.conns[c.ID]; ok {
+		return &tether.Error{Code: tether.CodeAlreadyExists, Op: op, Message: "a connection with this ID exists"}
+	}
+	stored := c.Clone()
+	stored.Version = 1
+	s.conns[c.ID] = stored
+	i, _ := slices.BinarySearch(s.ids, c.ID)
+	s.ids = slices.Insert(s.ids, i, c.ID)
+	s.append(c.ID, events)
+	c.Version = 1
+	return nil
+}
+
+// UpdateConnection implements tether.Store.
+func (s *Store) UpdateConnection(ctx context.Context, c *tether.Connection, events ...tether.Event) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.update("memstore: update connection", c, events)
+}
+
+func (s *Store) update(op string, c *tether.Connection, events []tether.Event) error {
+	old, ok := s.conns[c.ID]
+	if !ok {
+		return &tether.Error{Code: tether.CodeNotFound, Op: op, Message: "no such connection"}
+	}
+	if old.Version != c.Version {
+		return &tether.Error{Code: tether.CodeConflict, Op: op, Message: "connection changed since it was read"}
+	}
+	if err := tether.CheckUpdate(old, c); err != nil {
+		return err
+	}
+	stored := c.Clone()
+	stored.Version++
+	s.conns[c.ID] = stored
+	s.append(c.ID, events)
+	c.Version = stored.Version
+	return nil
+}
+
+// ConsumeInvitation implements tether.Store.
+func (s *Store) ConsumeInvitation(ctx context.Context, key string, expires time.Time, c *tether.Connection, events ...tether.Event) error {
+	const op = "memstore: consume invitation"
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if key == "" || len(key) > tether.MaxInvitationKeyLen {
+		return &tether.Error{Code: tether.CodeInvalid, Op: op, Message: "invitation key must be 1-200 bytes"}
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if now := time.Now(); now.After(s.sweep) { // forget keys well past their expiry
+		for k, exp := range s.used {
+			if now.After(exp.Add(time.Hour)) {
+				delete(s.used, k)
+			}
+		}
+		s.sweep = now.Add(time.Minute)
+	}
+	if _, ok := s.used[key]; ok {
+		return &tether.Error{Code: tether.CodeAlreadyUsed, Op: op, Message: "invitation was already used"}
+	}
+	var err error
+	if c.Version == 0 {
+		err = s.create(op, c, events)
+	} else {
+		err = s.update(op, c, events)
+	}
+	if err != nil {
+		return err
+	}
+	s.used[key] = expires
+	return nil
+}
+
+// GetConnection implements tether.Store.
+func (s *Store) GetConnection(ctx context.Context, id string) (*tether.Connection, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	c, ok := s.conns[id]
+	if !ok {
+		return nil, &tether.Error{Code: tether.CodeNotFound, Op: "memstore: get connection", Message: "no such connection"}
+	}
+	return c.Clone(), nil
+}
+
+// ListConnections implements tether.Store.
+func (s *Store) ListConnections(ctx context.Context, opts tether.ListOptions) ([]*tether.Connection, string, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, "", err
+	}
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	limit := opts.PageLimit()
+	start := sort.SearchStrings(s.ids, opts.After)
+	if start < len(s.ids) && s.ids[start] == opts.After {
+		start++
+	}
+	var out []*tether.Connection
+	for _, id := range s.ids[start:] {
+		c := s.conns[id]
+		if !opts.Matches(c) {
+			continue
+		}
+		if len(out) == limit {
+			return out, out[len(out)-1].ID, nil
+		}
+		out = append(out, c.Clone())
+	}
+	return out, "", nil
+}
+
+// ListEvents implements tether.Store.
+func (s *Store) ListEvents(ctx context.Context, connectionID string, after int64, limit int) ([]tether.Event, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if _, ok := s.conns[connectionID]; !ok {
+		return nil, &tether.Error{Code: tether.CodeNotFound, Op: "memstore: list events", Message: "no such connection"}
+	}
+	evs := s.events[connectionID]
+	i := sort.Search(len(evs), func(i int) bool { return evs[i].Seq > after })
+	evs = evs[i:]
+	if n := tether.EventLimit(limit); len(evs) > n {
+		evs = evs[:n]
+	}
+	return slices.Clone(evs), nil
+}
+
+func (s *Store) append(id string, events []tether.Event) {
+	for _, e := range events {
+		s.seq++
+		e.Seq = s.seq
+		e.ConnectionID = id
+		e.Detail = strings.ToValidUTF8(e.Detail, "\uFFFD")
+		s.events[id] = append(s.events[id], e)
+	}
+}

@@ -1,0 +1,125 @@
+package tether
+
+import (
+	"context"
+	"time"
+)
+
+// Store keeps connections, their events, used invitations and the
+// instance's identity. memstore and sqlstore implement it; storetest.Run is
+// the conformance suite every implementation must pass.
+//
+// Contract, for every method:
+//   - Safe for concurrent use by many goroutines, and, for stores shared by
+//     several processes, by many processes.
+//   - Errors are *tether.Error with the codes named below; any other fault
+//     (I/O, a closed database) is CodeInternal or CodeUnavailable with the
+//     cause wrapped. Errors never contain secrets.
+//   - Values passed in are not retained and values returned are copies: the
+//     caller may modify either afterwards.
+//   - Writes are atomic: a method that fails wrote nothing.
+//   - A context that ends makes the call return its error promptly.
+type Store interface {
+	// LoadInstance returns this instance's identity. CodeNotFound when none
+	// was saved yet.
+	LoadInstance(ctx context.Context) (*Instance, error)
+
+	// SaveInstance creates the identity when inst.Version is 0 (CodeAlreadyExists
+	// if one exists: another process won the race, load theirs) and otherwise
+	// replaces it only if the stored Version equals inst.Version (CodeConflict
+	// if not). On success inst.Version holds the new version. Private keys
+	// are secrets: a durable store seals them.
+	SaveInstance(ctx context.Context, inst *Instance) error
+
+	// CreateConnection stores a new connection and appends events for it, in
+	// one atomic step. c must pass c.Validate (CodeInvalid) and its ID must
+	// be new (CodeAlreadyExists). On success c.Version is 1.
+	CreateConnection(ctx context.Context, c *Connection, events ...Event) error
+
+	// UpdateConnection replaces a stored connection and appends events, in
+	// one atomic step, if the stored Version equals c.Version; the stored
+	// version becomes c.Version+1 and so does c.Version.
+	//
+	// Codes: CodeNotFound (no such ID), CodeConflict (Version differs: reload
+	// and retry), CodeInvalid (c fails Validate, or Kind, Role or CreatedAt
+	// changed), CodeModeFixed (Mode changed), CodeInvalidTransition (the
+	// status change is not allowed by Next for any action).
+	UpdateConnection(ctx context.Context, c *Connection, events ...Event) error
+
+	// ConsumeInvitation records key (an opaque string of at most 200 bytes
+	// naming one invitation) as used and, in the same atomic step, creates c
+	// (when c.Version is 0) or updates it as UpdateConnection does, with its
+	// events. If key was recorded before it fails with CodeAlreadyUsed and
+	// writes nothing; of any number of concurrent calls with one key, exactly
+	// one can succeed. If writing c fails, key is not recorded. The record is
+	// kept at least until expires.
+	ConsumeInvitation(ctx context.Context, key string, expires time.Time, c *Connection, events ...Event) error
+
+	// GetConnection returns the connection with that ID, deleted ones too.
+	// CodeNotFound when there is none.
+	GetConnection(ctx context.Context, id string) (*Connection, error)
+
+	// ListConnections returns the connections matching opts in ascending ID
+	// order (IDs sort by creation time), at most opts.PageLimit() of them,
+	// starting after the ID opts.After. next is the cursor for the following
+	// page, empty when there are no more.
+	ListConnections(ctx context.Context, opts ListOptions) (conns []*Connection, next string, err error)
+
+	// ListEvents returns the events of a connection with Seq greater than
+	// after, in ascending Seq order, at most limit of them (0 means 100,
+	// capped at 1000). CodeNotFound when the connection does not exist.
+	ListEvents(ctx context.Context, connectionID string, after int64, limit int) ([]Event, error)
+}
+
+// Event list limits for Store.ListEvents.
+const (
+	DefaultEventPage = 100
+	MaxEventPage     = 1000
+)
+
+// EventLimit returns the effective page size for a ListEvents limit.
+func EventLimit(limit int) int {
+	switch {
+	case limit <= 0:
+		return DefaultEventPage
+	case limit > MaxEventPage:
+		return MaxEventPage
+	}
+	return limit
+}
+
+// MaxInvitationKeyLen bounds the key of Store.ConsumeInvitation.
+const MaxInvitationKeyLen = 200
+
+// CheckUpdate checks what Store.UpdateConnection requires of a change from
+// old to c, other than the version: stores call it so they all reject the
+// same things with the same codes.
+func CheckUpdate(old, c *Connection) error {
+	const op = "tether: update connection"
+	if err := c.Validate(); err != nil {
+		return err
+	}
+	switch {
+	case c.Kind != old.Kind:
+		return invalidf(op, "Kind", "cannot change after creation")
+	case c.Role != old.Role:
+		return invalidf(op, "Role", "cannot change after creation")
+	case !c.CreatedAt.Equal(old.CreatedAt):
+		return invalidf(op, "CreatedAt", "cannot change after creation")
+	case c.Mode != old.Mode:
+		return &Error{Code: CodeModeFixed, Op: op, Message: "mode cannot be changed after the connection is created"}
+	case c.Status != old.Status && !canMove(old.Status, c.Status):
+		return &Error{Code: CodeInvalidTransition, Op: op, Message: "cannot move from " + string(old.Status) + " to " + string(c.Status)}
+	}
+	return nil
+}
+
+// canMove reports whether some action leads from one status to another.
+func canMove(from, to Status) bool {
+	for _, a := range []Action{ActionAccept, ActionPause, ActionActivate, ActionDelete, ActionRevoke, ActionExpire, ActionAuthLost, ActionReauthorize} {
+		if s, ok := Next(from, a); ok && s == to {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,728 @@
+// Package storetest is the conformance suite for tether.Store
+// implementations. An implementation's tests call Run with a function that
+// returns a new, empty store:
+//
+//	func TestConformance(t *testing.T) {
+//		storetest.Run(t, func(t testing.TB) tether.Store { return memstore.New() })
+//	}
+//
+// Every test asks for its own store, so implementations backed by a shared
+// database should isolate each one (a schema or database per store).
+package storetest
+
+import (
+	"context"
+	"crypto/ed25519"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
+
+	"github.com/tetherkit/tether"
+)
+
+// NewStore returns a new, empty store for one test. It may register cleanup
+// with t.Cleanup.
+type NewStore func(t testing.TB) tether.Store
+
+// Run runs the whole suite against stores made by newStore.
+func Run(t *testing.T, newStore NewStore) {
+	tests := []struct {
+		name string
+		fn   func(*testing.T, NewStore)
+	}{
+		{"Instance", testInstance},
+		{"InstanceConcurrentCreate", testInstanceConcurrentCreate},
+		{"CreateGet", testCreateGet},
+		{"CreateRejects", testCreateRejects},
+		{"ReturnsCopies", testReturnsCopies},
+		{"Update", testUpdate},
+		{"UpdateRejects", testUpdateRejects},
+		{"ConcurrentConditionalUpdate", testConcurrentConditionalUpdate},
+		{"ConcurrentIncrements", testConcurrentIncrements},
+		{"ConsumeInvitation", testConsumeInvitation},
+		{"ConsumeInvitationConcurrent", testConsumeInvitationConcurrent},
+		{"List", testList},
+		{"Events", testEvents},
+		{"CanceledContext", testCanceledContext},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) { tc.fn(t, newStore) })
+	}
+}
+
+// base is the time used for records: whole milliseconds in UTC, which every
+// store can keep exactly.
+var base = time.Date(2026, 3, 14, 15, 9, 26, 535_000_000, time.UTC)
+
+// ConnID returns a valid connection ID that sorts by i.
+func ConnID(i int) string { return fmt.Sprintf("conn_%026d", i) }
+
+// NewConnection returns a valid active peer connection with every field set.
+func NewConnection(i int) *tether.Connection {
+	key := ed25519.NewKeyFromSeed(make([]byte, 32)).Public().(ed25519.PublicKey)
+	return &tether.Connection{
+		ID:                ConnID(i),
+		Kind:              tether.KindPeer,
+		Owner:             "team-a",
+		Name:              fmt.Sprintf("Connection %d", i),
+		Description:       "Support ↔ Engineering, «quoted» and 'single'",
+		LocalName:         "Support",
+		RemoteName:        "Engineering",
+		Mode:              tether.ModeScript,
+		Status:            tether.StatusActive,
+		Role:              tether.RoleAcceptor,
+		LocalURL:          "https://support.example.com/tether",
+		RemoteURL:         "",
+		LocalKeyID:        "AAAAAAAAAAAAAAAA",
+		RemoteInstance:    fmt.Sprintf("inst_%026d", i),
+		RemoteKey:         key,
+		RemoteConnection:  ConnID(1000000 + i),
+		Invitation:        "AAAAAAAAAAAAAAAAAAAAAA",
+		InvitationExpires: base.Add(72 * time.Hour),
+		ExternalID:        "",
+		Rules:             "replica.summary = issue.summary\n\tline two",
+		RulesVersion:      3,
+		Settings:          map[string]string{"sync.comments": "true", "project": "SUP"},
+		Health:            tether.Health{LastContact: base.Add(time.Minute), LastError: "unavailable: timeout", Failures: 2},
+		CreatedAt:         base,
+		UpdatedAt:         base.Add(time.Second),
+	}
+}
+
+func ev(t tether.EventType, detail string) tether.Event {
+	return tether.Event{Type: t, Time: base, Actor: tether.ActorLocal, Detail: detail}
+}
+
+// cmpOpts compares times by instant and ignores store-assigned fields the
+// test does not know.
+var cmpOpts = []cmp.Option{
+	cmp.Comparer(func(a, b time.Time) bool { return a.Equal(b) }),
+	cmpopts.EquateEmpty(),
+}
+
+func wantCode(t testing.TB, err error, code tether.Code) {
+	t.Helper()
+	if got := tether.ErrorCode(err); got != code {
+		t.Fatalf("error code = %q (err %v), want %q", got, err, code)
+	}
+	var e *tether.Error
+	if !errors.As(err, &e) {
+		t.Fatalf("error %v is %T, want *tether.Error", err, err)
+	}
+}
+
+func mustCreate(t testing.TB, s tether.Store, c *tether.Connection, events ...tether.Event) {
+	t.Helper()
+	if err := s.CreateConnection(context.Background(), c, events...); err != nil {
+		t.Fatalf("CreateConnection(%s): %v", c.ID, err)
+	}
+}
+
+// wantStored fails unless the store holds exactly want under want.ID.
+func wantStored(t testing.TB, s tether.Store, want *tether.Connection, what string) {
+	t.Helper()
+	got, err := s.GetConnection(context.Background(), want.ID)
+	if err != nil {
+		t.Fatalf("%s: GetConnection(%s): %v", what, want.ID, err)
+	}
+	if diff := cmp.Diff(want, got, cmpOpts...); diff != "" {
+		t.Fatalf("%s: stored connection (-want +got):\n%s", what, diff)
+	}
+}
+
+// race runs fn(i) for i in [0, n) in n goroutines released together and
+// returns their errors.
+func race(n int, fn func(i int) error) []error {
+	var wg sync.WaitGroup
+	errs := make([]error, n)
+	start := make(chan struct{})
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-start
+			errs[i] = fn(i)
+		}()
+	}
+	close(start)
+	wg.Wait()
+	return errs
+}
+
+// winners returns the indexes of the nil errors and fails on any error
+// other than the losers' code.
+func winners(t testing.TB, errs []error, losers tether.Code) []int {
+	t.Helper()
+	var won []int
+	for i, err := range errs {
+		switch tether.ErrorCode(err) {
+		case "":
+			won = append(won, i)
+		case losers:
+		default:
+			t.Fatalf("goroutine %d: unexpected error %v", i, err)
+		}
+	}
+	return won
+}
+
+func testInstance(t *testing.T, newStore NewStore) {
+	ctx := context.Background()
+	s := newStore(t)
+	_, err := s.LoadInstance(ctx)
+	wantCode(t, err, tether.CodeNotFound)
+
+	priv := ed25519.NewKeyFromSeed(make([]byte, 32))
+	pub := priv.Public().(ed25519.PublicKey)
+	inst := &tether.Instance{ID: "inst_00000000000000000000000001", Keys: []tether.InstanceKey{
+		{ID: tether.KeyID(pub), Private: priv, Created: base},
+	}}
+	if err := s.SaveInstance(ctx, inst); err != nil {
+		t.Fatalf("SaveInstance (create): %v", err)
+	}
+	if inst.Version != 1 {
+		t.Fatalf("Version after create = %d, want 1", inst.Version)
+	}
+	dup := &tether.Instance{ID: "inst_00000000000000000000000002", Keys: inst.Keys}
+	wantCode(t, s.SaveInstance(ctx, dup), tether.CodeAlreadyExists)
+
+	got, err := s.LoadInstance(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(inst, got, cmpOpts...); diff != "" {
+		t.Fatalf("LoadInstance mismatch (-want +got):\n%s", diff)
+	}
+
+	// Rotate: a second key, retired first key.
+	priv2 := ed25519.NewKeyFromSeed(append(make([]byte, 31), 1))
+	rotated := &tether.Instance{ID: inst.ID, Version: 1, Keys: []tether.InstanceKey{
+		{ID: tether.KeyID(priv2.Public().(ed25519.PublicKey)), Private: priv2, Created: base.Add(time.Hour)},
+		{ID: inst.Keys[0].ID, Private: priv, Created: base, Retired: base.Add(time.Hour), Expires: base.Add(73 * time.Hour)},
+	}}
+	if err := s.SaveInstance(ctx, rotated); err != nil {
+		t.Fatalf("SaveInstance (update): %v", err)
+	}
+	if rotated.Version != 2 {
+		t.Fatalf("Version after update = %d, want 2", rotated.Version)
+	}
+	stale := &tether.Instance{ID: inst.ID, Version: 1, Keys: inst.Keys}
+	wantCode(t, s.SaveInstance(ctx, stale), tether.CodeConflict)
+	got, err = s.LoadInstance(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(rotated, got, cmpOpts...); diff != "" {
+		t.Fatalf("LoadInstance after rotation mismatch (-want +got):\n%s", diff)
+	}
+}
+
+func testInstanceConcurrentCreate(t *testing.T, newStore NewStore) {
+	ctx := context.Background()
+	s := newStore(t)
+	errs := race(20, func(i int) error {
+		priv := ed25519.NewKeyFromSeed(append(make([]byte, 31), byte(i)))
+		return s.SaveInstance(ctx, &tether.Instance{
+			ID:   fmt.Sprintf("inst_%026d", i),
+			Keys: []tether.InstanceKey{{ID: tether.KeyID(priv.Public().(ed25519.PublicKey)), Private: priv, Created: base}},
+		})
+	})
+	if won := winners(t, errs, tether.CodeAlreadyExists); len(won) != 1 {
+		t.Fatalf("%d concurrent creates succeeded, want exactly 1", len(won))
+	}
+}
+
+func testCreateGet(t *testing.T, newStore NewStore) {
+	ctx := context.Background()
+	s := newStore(t)
+	_, err := s.GetConnection(ctx, ConnID(1))
+	wantCode(t, err, tether.CodeNotFound)
+
+	c := NewConnection(1)
+	mustCreate(t, s, c, ev(tether.EventCreated, "created"))
+	if c.Version != 1 {
+		t.Fatalf("Version after create = %d, want 1", c.Version)
+	}
+	wantStored(t, s, c, "after create")
+
+	// An org connection with the fields a peer connection leaves empty.
+	org := &tether.Connection{
+		ID: ConnID(2), Kind: tether.KindOrg, Owner: "team-b", Name: "Salesforce production",
+		Status: tether.StatusPending, ExternalID: "00D000000000001EAA", CreatedAt: base, UpdatedAt: base,
+	}
+	mustCreate(t, s, org)
+	wantStored(t, s, org, "org connection")
+}
+
+func testCreateRejects(t *testing.T, newStore NewStore) {
+	ctx := context.Background()
+	s := newStore(t)
+	mustCreate(t, s, NewConnection(1))
+	wantCode(t, s.CreateConnection(ctx, NewConnection(1), ev(tether.EventCreated, "dup")), tether.CodeAlreadyExists)
+
+	bad := NewConnection(2)
+	bad.Name = "bad\x00name"
+	wantCode(t, s.CreateConnection(ctx, bad, ev(tether.EventCreated, "x")), tether.CodeInvalid)
+	_, err := s.GetConnection(ctx, bad.ID)
+	wantCode(t, err, tether.CodeNotFound)
+
+	evs, err := s.ListEvents(ctx, ConnID(1), 0, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(evs) != 0 {
+		t.Fatalf("a rejected create appended events: %+v", evs)
+	}
+}
+
+func testReturnsCopies(t *testing.T, newStore NewStore) {
+	ctx := context.Background()
+	s := newStore(t)
+	c := NewConnection(1)
+	mustCreate(t, s, c)
+	c.Settings["project"] = "CHANGED"
+	c.RemoteKey[0] ^= 0xff
+	got, err := s.GetConnection(ctx, c.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := NewConnection(1)
+	want.Version = 1
+	if diff := cmp.Diff(want, got, cmpOpts...); diff != "" {
+		t.Fatalf("store kept a reference to the caller's value (-want +got):\n%s", diff)
+	}
+	got.Settings["project"] = "CHANGED AGAIN"
+	again, _ := s.GetConnection(ctx, c.ID)
+	if again.Settings["project"] != "SUP" {
+		t.Fatalf("store returned a reference to its own value")
+	}
+}
+
+func testUpdate(t *testing.T, newStore NewStore) {
+	ctx := context.Background()
+	s := newStore(t)
+	c := NewConnection(1)
+	mustCreate(t, s, c)
+	c.Name = "Renamed"
+	c.Status = tether.StatusPaused
+	c.Settings = nil
+	c.Health = tether.Health{}
+	c.UpdatedAt = base.Add(time.Hour)
+	if err := s.UpdateConnection(ctx, c, ev(tether.EventPaused, "paused")); err != nil {
+		t.Fatalf("UpdateConnection: %v", err)
+	}
+	if c.Version != 2 {
+		t.Fatalf("Version after update = %d, want 2", c.Version)
+	}
+	wantStored(t, s, c, "after update")
+	// An update without events, to the same status.
+	c.Health.Failures = 1
+	if err := s.UpdateConnection(ctx, c); err != nil {
+		t.Fatalf("UpdateConnection without events: %v", err)
+	}
+	evs, err := s.ListEvents(ctx, c.ID, 0, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(evs) != 1 || evs[0].Type != tether.EventPaused {
+		t.Fatalf("events = %+v, want one paused event", evs)
+	}
+}
+
+func testUpdateRejects(t *testing.T, newStore NewStore) {
+	ctx := context.Background()
+	s := newStore(t)
+	c := NewConnection(1)
+	mustCreate(t, s, c)
+
+	missing := NewConnection(9)
+	missing.Version = 1
+	wantCode(t, s.UpdateConnection(ctx, missing), tether.CodeNotFound)
+
+	tests := []struct {
+		name   string
+		change func(*tether.Connection)
+		code   tether.Code
+	}{
+		{"stale version", func(c *tether.Connection) { c.Version = 7 }, tether.CodeConflict},
+		{"mode", func(c *tether.Connection) { c.Mode = tether.ModeBasic }, tether.CodeModeFixed},
+		{"kind", func(c *tether.Connection) { c.Kind = tether.KindOrg }, tether.CodeInvalid},
+		{"role", func(c *tether.Connection) { c.Role = tether.RoleInitiator }, tether.CodeInvalid},
+		{"created", func(c *tether.Connection) { c.CreatedAt = base.Add(time.Hour) }, tether.CodeInvalid},
+		{"invalid field", func(c *tether.Connection) { c.Description = string([]byte{0xff, 0xfe}) }, tether.CodeInvalid},
+		{"active to pending", func(c *tether.Connection) { c.Status = tether.StatusPending }, tether.CodeInvalidTransition},
+		{"unknown status", func(c *tether.Connection) { c.Status = "frozen" }, tether.CodeInvalid},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			u := c.Clone()
+			tc.change(u)
+			wantCode(t, s.UpdateConnection(ctx, u, ev(tether.EventUpdated, tc.name)), tc.code)
+		})
+	}
+	wantStored(t, s, c, "after rejected updates")
+	evs, _ := s.ListEvents(ctx, c.ID, 0, 0)
+	if len(evs) != 0 {
+		t.Fatalf("rejected updates appended events: %+v", evs)
+	}
+
+	// Deleted is final.
+	c.Status = tether.StatusDeleted
+	if err := s.UpdateConnection(ctx, c); err != nil {
+		t.Fatal(err)
+	}
+	c.Status = tether.StatusActive
+	wantCode(t, s.UpdateConnection(ctx, c), tether.CodeInvalidTransition)
+}
+
+func testConcurrentConditionalUpdate(t *testing.T, newStore NewStore) {
+	ctx := context.Background()
+	s := newStore(t)
+	mustCreate(t, s, NewConnection(1))
+	errs := race(20, func(i int) error {
+		c := NewConnection(1)
+		c.Version = 1
+		c.Name = fmt.Sprintf("writer %d", i)
+		return s.UpdateConnection(ctx, c, ev(tether.EventUpdated, c.Name))
+	})
+	won := winners(t, errs, tether.CodeConflict)
+	if len(won) != 1 {
+		t.Fatalf("%d writers updated version 1, want exactly 1", len(won))
+	}
+	got, _ := s.GetConnection(ctx, ConnID(1))
+	if got.Version != 2 || got.Name != fmt.Sprintf("writer %d", won[0]) {
+		t.Fatalf("got version %d name %q, want 2 and the winner's name", got.Version, got.Name)
+	}
+	evs, _ := s.ListEvents(ctx, ConnID(1), 0, 0)
+	if len(evs) != 1 || evs[0].Detail != got.Name {
+		t.Fatalf("events = %+v, want only the winner's", evs)
+	}
+}
+
+// testConcurrentIncrements proves read-modify-write with retry loses no
+// update.
+func testConcurrentIncrements(t *testing.T, newStore NewStore) {
+	ctx := context.Background()
+	s := newStore(t)
+	c := NewConnection(1)
+	c.RulesVersion = 0
+	mustCreate(t, s, c)
+	const workers, each = 8, 10
+	var wg sync.WaitGroup
+	errc := make(chan error, workers)
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range each {
+				for {
+					c, err := s.GetConnection(ctx, ConnID(1))
+					if err != nil {
+						errc <- err
+						return
+					}
+					c.RulesVersion++
+					err = s.UpdateConnection(ctx, c)
+					if tether.ErrorCode(err) == tether.CodeConflict {
+						continue
+					}
+					if err != nil {
+						errc <- err
+						return
+					}
+					break
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errc)
+	for err := range errc {
+		t.Fatal(err)
+	}
+	got, _ := s.GetConnection(ctx, ConnID(1))
+	if got.RulesVersion != workers*each || got.Version != workers*each+1 {
+		t.Fatalf("RulesVersion = %d, Version = %d; want %d and %d", got.RulesVersion, got.Version, workers*each, workers*each+1)
+	}
+}
+
+func testConsumeInvitation(t *testing.T, newStore NewStore) {
+	ctx := context.Background()
+	s := newStore(t)
+	exp := base.Add(72 * time.Hour)
+
+	// Create path.
+	c := NewConnection(1)
+	if err := s.ConsumeInvitation(ctx, "inst_a/jti-1", exp, c, ev(tether.EventCreated, "accepted")); err != nil {
+		t.Fatalf("ConsumeInvitation (create): %v", err)
+	}
+	if c.Version != 1 {
+		t.Fatalf("Version = %d, want 1", c.Version)
+	}
+	// Same key again, for another connection: refused, nothing written.
+	other := NewConnection(2)
+	err := s.ConsumeInvitation(ctx, "inst_a/jti-1", exp, other, ev(tether.EventCreated, "second"))
+	wantCode(t, err, tether.CodeAlreadyUsed)
+	if !errors.Is(err, tether.ErrAlreadyUsed) {
+		t.Fatalf("errors.Is(%v, ErrAlreadyUsed) = false", err)
+	}
+	_, err = s.GetConnection(ctx, other.ID)
+	wantCode(t, err, tether.CodeNotFound)
+
+	// Update path: pending -> active.
+	p := NewConnection(3)
+	p.Status = tether.StatusPending
+	mustCreate(t, s, p)
+	p.Status = tether.StatusActive
+	// A failed write does not consume the key.
+	stale := p.Clone()
+	stale.Version = 5
+	wantCode(t, s.ConsumeInvitation(ctx, "inst_a/jti-3", exp, stale), tether.CodeConflict)
+	if err := s.ConsumeInvitation(ctx, "inst_a/jti-3", exp, p, ev(tether.EventAccepted, "ok")); err != nil {
+		t.Fatalf("ConsumeInvitation (update) after a failed attempt: %v", err)
+	}
+	if p.Version != 2 {
+		t.Fatalf("Version = %d, want 2", p.Version)
+	}
+	got, _ := s.GetConnection(ctx, p.ID)
+	if got.Status != tether.StatusActive {
+		t.Fatalf("status = %s, want active", got.Status)
+	}
+	p.Status = tether.StatusPaused
+	wantCode(t, s.ConsumeInvitation(ctx, "inst_a/jti-3", exp, p), tether.CodeAlreadyUsed)
+	got, _ = s.GetConnection(ctx, p.ID)
+	if got.Status != tether.StatusActive || got.Version != 2 {
+		t.Fatalf("a refused consumption changed the connection: %s v%d", got.Status, got.Version)
+	}
+	// An invalid connection does not consume the key either.
+	bad := NewConnection(4)
+	bad.LocalName = ""
+	wantCode(t, s.ConsumeInvitation(ctx, "inst_a/jti-4", exp, bad), tether.CodeInvalid)
+	if err := s.ConsumeInvitation(ctx, "inst_a/jti-4", exp, NewConnection(4)); err != nil {
+		t.Fatalf("key consumed by a failed write: %v", err)
+	}
+	// Keys are compared exactly.
+	if err := s.ConsumeInvitation(ctx, "inst_A/jti-1", exp, NewConnection(5)); err != nil {
+		t.Fatalf("keys differing in case collided: %v", err)
+	}
+}
+
+func testConsumeInvitationConcurrent(t *testing.T, newStore NewStore) {
+	ctx := context.Background()
+	s := newStore(t)
+	const n = 100
+	errs := race(n, func(i int) error {
+		return s.ConsumeInvitation(ctx, "inst_b/one-code", base.Add(time.Hour), NewConnection(i), ev(tether.EventCreated, "race"))
+	})
+	if won := winners(t, errs, tether.CodeAlreadyUsed); len(won) != 1 {
+		t.Fatalf("%d of %d concurrent consumptions succeeded, want exactly 1", len(won), n)
+	}
+	conns, _, err := s.ListConnections(ctx, tether.ListOptions{Limit: tether.MaxPageSize})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(conns) != 1 {
+		t.Fatalf("%d connections stored, want 1", len(conns))
+	}
+}
+
+func testList(t *testing.T, newStore NewStore) {
+	ctx := context.Background()
+	s := newStore(t)
+	conns, next, err := s.ListConnections(ctx, tether.ListOptions{})
+	if err != nil || len(conns) != 0 || next != "" {
+		t.Fatalf("empty store: %d connections, next %q, err %v", len(conns), next, err)
+	}
+	const total = 57
+	// Insert out of order; listing is by ID.
+	for _, i := range []int{5, 1, 3} {
+		mustCreate(t, s, NewConnection(i))
+	}
+	for i := 6; i <= total+3; i++ {
+		c := NewConnection(i)
+		if i%3 == 0 {
+			c.Owner = "team-b"
+		}
+		if i%4 == 0 {
+			c.Status = tether.StatusPaused
+		}
+		if i%10 == 0 {
+			c.Kind, c.Mode, c.Role, c.LocalName, c.RemoteName = tether.KindOrg, "", "", "", ""
+		}
+		mustCreate(t, s, c)
+	}
+	collect := func(opts tether.ListOptions) []string {
+		t.Helper()
+		var ids []string
+		for pages := 0; ; pages++ {
+			if pages > 100 {
+				t.Fatal("pagination does not end")
+			}
+			conns, next, err := s.ListConnections(ctx, opts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(conns) > opts.PageLimit() {
+				t.Fatalf("page of %d, limit %d", len(conns), opts.PageLimit())
+			}
+			for _, c := range conns {
+				if !opts.Matches(c) {
+					t.Fatalf("%s does not match the filter %+v", c.ID, opts)
+				}
+				ids = append(ids, c.ID)
+			}
+			if next == "" {
+				return ids
+			}
+			if len(conns) == 0 || next != conns[len(conns)-1].ID {
+				t.Fatalf("next cursor %q is not the last ID of a non-empty page", next)
+			}
+			opts.After = next
+		}
+	}
+	var all, teamB, paused, orgs, teamBPausedOrg []string
+	for _, i := range append([]int{1, 3, 5}, seq(6, total+3)...) {
+		all = append(all, ConnID(i))
+		if i >= 6 && i%3 == 0 {
+			teamB = append(teamB, ConnID(i))
+		}
+		if i >= 6 && i%4 == 0 {
+			paused = append(paused, ConnID(i))
+		}
+		if i >= 6 && i%10 == 0 {
+			orgs = append(orgs, ConnID(i))
+		}
+		if i >= 6 && i%60 == 0 {
+			teamBPausedOrg = append(teamBPausedOrg, ConnID(i))
+		}
+	}
+	for _, tc := range []struct {
+		name string
+		opts tether.ListOptions
+		want []string
+	}{
+		{"all, default page", tether.ListOptions{}, all},
+		{"all, pages of 7", tether.ListOptions{Limit: 7}, all},
+		{"all, page of exactly all", tether.ListOptions{Limit: len(all)}, all},
+		{"owner", tether.ListOptions{Owner: "team-b", Limit: 4}, teamB},
+		{"status", tether.ListOptions{Status: tether.StatusPaused, Limit: 3}, paused},
+		{"kind", tether.ListOptions{Kind: tether.KindOrg, Limit: 2}, orgs},
+		{"all filters", tether.ListOptions{Owner: "team-b", Status: tether.StatusPaused, Kind: tether.KindOrg}, teamBPausedOrg},
+		{"no match", tether.ListOptions{Owner: "nobody"}, nil},
+		{"after the last", tether.ListOptions{After: ConnID(total + 3)}, nil},
+		{"after an ID not stored", tether.ListOptions{After: ConnID(4), Limit: 2}, all[2:]},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if diff := cmp.Diff(tc.want, collect(tc.opts), cmpopts.EquateEmpty()); diff != "" {
+				t.Fatalf("listed IDs (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+func seq(from, to int) []int {
+	var out []int
+	for i := from; i <= to; i++ {
+		out = append(out, i)
+	}
+	return out
+}
+
+func testEvents(t *testing.T, newStore NewStore) {
+	ctx := context.Background()
+	s := newStore(t)
+	_, err := s.ListEvents(ctx, ConnID(1), 0, 0)
+	wantCode(t, err, tether.CodeNotFound)
+
+	a, b := NewConnection(1), NewConnection(2)
+	a.Status = tether.StatusPending
+	mustCreate(t, s, a, ev(tether.EventCreated, "a1"))
+	mustCreate(t, s, b, ev(tether.EventCreated, "b1"), ev(tether.EventAccepted, "b2"))
+	a.Status = tether.StatusActive
+	if err := s.UpdateConnection(ctx, a, ev(tether.EventAccepted, "a2")); err != nil {
+		t.Fatal(err)
+	}
+	for i := 3; i <= 150; i++ {
+		if err := s.UpdateConnection(ctx, a, ev(tether.EventUpdated, fmt.Sprintf("a%d", i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a.Status = tether.StatusDeleted
+	if err := s.UpdateConnection(ctx, a, ev(tether.EventDeleted, "a151")); err != nil {
+		t.Fatal(err)
+	}
+
+	// Read a's history in pages after deletion.
+	var details []string
+	var after int64
+	for {
+		evs, err := s.ListEvents(ctx, a.ID, after, 40)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(evs) > 40 {
+			t.Fatalf("page of %d events, limit 40", len(evs))
+		}
+		if len(evs) == 0 {
+			break
+		}
+		for _, e := range evs {
+			if e.Seq <= after {
+				t.Fatalf("event seq %d not after %d", e.Seq, after)
+			}
+			if e.ConnectionID != a.ID {
+				t.Fatalf("event of %s listed for %s", e.ConnectionID, a.ID)
+			}
+			after = e.Seq
+			details = append(details, e.Detail)
+		}
+	}
+	if len(details) != 151 {
+		t.Fatalf("%d events for a, want 151", len(details))
+	}
+	for i, d := range details {
+		if d != fmt.Sprintf("a%d", i+1) {
+			t.Fatalf("event %d is %q, want a%d: events out of order", i, d, i+1)
+		}
+	}
+	evs, err := s.ListEvents(ctx, b.ID, 0, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []tether.Event{
+		{ConnectionID: b.ID, Type: tether.EventCreated, Time: base, Actor: tether.ActorLocal, Detail: "b1"},
+		{ConnectionID: b.ID, Type: tether.EventAccepted, Time: base, Actor: tether.ActorLocal, Detail: "b2"},
+	}
+	if diff := cmp.Diff(want, evs, append(cmpOpts, cmpopts.IgnoreFields(tether.Event{}, "Seq"))...); diff != "" {
+		t.Fatalf("events of b (-want +got):\n%s", diff)
+	}
+	if evs[0].Seq >= evs[1].Seq {
+		t.Fatalf("seqs %d, %d not increasing", evs[0].Seq, evs[1].Seq)
+	}
+	all, _ := s.ListEvents(ctx, a.ID, 0, 0)
+	if len(all) != tether.DefaultEventPage {
+		t.Fatalf("limit 0 returned %d events, want %d", len(all), tether.DefaultEventPage)
+	}
+}
+
+func testCanceledContext(t *testing.T, newStore NewStore) {
+	s := newStore(t)
+	mustCreate(t, s, NewConnection(1))
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, err := s.GetConnection(ctx, ConnID(1)); err == nil {
+		t.Error("GetConnection with a canceled context succeeded")
+	}
+	c := NewConnection(2)
+	if err := s.CreateConnection(ctx, c); err == nil {
+		t.Error("CreateConnection with a canceled context succeeded")
+	}
+	if _, err := s.GetConnection(context.Background(), c.ID); tether.ErrorCode(err) != tether.CodeNotFound {
+		t.Errorf("CreateConnection with a canceled context stored the connection (err %v)", err)
+	}
+}

@@ -1,0 +1,60 @@
+package tether
+
+import "context"
+
+// Op names a request one instance makes of another.
+type Op string
+
+// Operations of the handshake. Later protocol versions add more; a Handler
+// answers an unknown Op with CodeProtocol.
+const (
+	// OpAccept: the acceptor presents the invitation code to a public
+	// initiator and introduces itself.
+	OpAccept Op = "accept"
+	// OpStatus: a private initiator asks a public acceptor whether its
+	// invitation was accepted.
+	OpStatus Op = "status"
+)
+
+// MaxRequestBody bounds the body of a handshake request or response.
+const MaxRequestBody = 64 << 10
+
+// Request is one call from an instance to a remote endpoint. Auth is a
+// signed token covering Op, the target connection, a digest of Body, the
+// time and a nonce; a Transport carries all three fields unchanged.
+type Request struct {
+	Op   Op
+	Auth string
+	Body []byte
+}
+
+// Response answers a Request. Auth is a signed token bound to the request's
+// nonce and a digest of Body.
+type Response struct {
+	Auth string
+	Body []byte
+}
+
+// Transport carries requests from this instance to the instance serving a
+// remote endpoint URL. It is what a host replaces to use another protocol
+// or a test network: httptransport is the real one, tethertest the
+// in-memory one.
+//
+// Call must be safe for concurrent use. It returns the remote Handler's
+// response, or its error with the Code and Message preserved (the cause is
+// not carried over the wire), or an error with CodeUnavailable when the
+// remote side could not be reached or did not answer. Call must return when
+// ctx ends.
+type Transport interface {
+	Call(ctx context.Context, endpoint string, req *Request) (*Response, error)
+}
+
+// Handler serves requests from remote instances: *Node implements it, and a
+// transport's server side (an http.Handler, a queue consumer) calls it.
+//
+// Errors are *Error; a transport sends back their Code and Message only.
+// They never reveal whether a connection exists to a caller that failed
+// authentication.
+type Handler interface {
+	Handle(ctx context.Context, req *Request) (*Response, error)
+}

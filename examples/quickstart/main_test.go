@@ -1,0 +1,34 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"strings"
+	"testing"
+)
+
+func TestQuickstart(t *testing.T) {
+	var out bytes.Buffer
+	if err := run(context.Background(), &out); err != nil {
+		t.Fatalf("run: %v\n%s", err, out.String())
+	}
+	for _, want := range []string{
+		"pending",
+		"invitation code (",
+		"tether_inv_",
+		"initiator private: false, destination private: true",
+		"active, connected to Engineering",
+		"active, connected to Support",
+		"engineering received none",
+		"already accepted",
+		"pause    -> paused",
+		"activate -> active",
+		"delete   -> deleted",
+		"activate -> refused",
+		"deleted   by admin@support",
+	} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("output lacks %q:\n%s", want, out.String())
+		}
+	}
+}

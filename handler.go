@@ -71,6 +71,12 @@ func (n *Node) handleAccept(ctx context.Context, req *Request) (*Response, error
 			return nil, withOp(op, err)
 		}
 	}
+	if body.Endpoint != "" {
+		// This side will call the acceptor's endpoint later.
+		if err := n.policy.Check(body.Endpoint); err != nil {
+			return nil, err
+		}
+	}
 	peer := &verifiedReply{
 		peerReply: peerReply{Instance: body.Instance, Key: body.Key, Connection: body.Connection, Endpoint: body.Endpoint, Name: body.Name},
 		key:       key,

@@ -9,6 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"maps"
+	"strings"
 	"sync/atomic"
 	"time"
 )
@@ -77,6 +78,9 @@ func Open(ctx context.Context, cfg Config) (*Node, error) {
 	}
 	if err := checkURLSyntax("Config.Endpoint", cfg.Endpoint, true); err != nil {
 		return nil, withOp(op, err)
+	}
+	if strings.HasPrefix(cfg.Endpoint, "http:") && !cfg.URLPolicy.AllowHTTP {
+		return nil, invalidf(op, "Config.Endpoint", "must be an https URL (allow http in Config.URLPolicy for development)")
 	}
 	n := &Node{
 		store:     cfg.Store,
@@ -188,11 +192,9 @@ func (n *Node) Initiate(ctx context.Context, req InitiateRequest) (*Connection, 
 		if err := checkURLSyntax("Destination", req.Destination, false); err != nil {
 			return nil, "", withOp(op, err)
 		}
-		if n.endpoint == "" {
-			// This side will call the destination: apply the policy now.
-			if err := n.policy.Check(req.Destination); err != nil {
-				return nil, "", err
-			}
+		// This side may call the destination: apply the policy now.
+		if err := n.policy.Check(req.Destination); err != nil {
+			return nil, "", err
 		}
 	}
 	ttl := req.TTL

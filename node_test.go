@@ -335,7 +335,7 @@ func TestAcceptURLPolicy(t *testing.T) {
 	} {
 		t.Run(tc.endpoint, func(t *testing.T) {
 			w := newWorld(t)
-			alpha := w.node("alpha", tc.endpoint)
+			alpha := w.node("alpha", tc.endpoint, func(c *tether.Config) { c.URLPolicy.AllowHTTP = true })
 			beta := w.node("beta", "", func(c *tether.Config) { c.URLPolicy = tc.policy })
 			_, code := alpha.initiate(t, invite(""))
 			_, err := beta.Accept(context.Background(), code, tether.AcceptOptions{})
@@ -351,10 +351,19 @@ func TestAcceptURLPolicy(t *testing.T) {
 			}
 		})
 	}
-	// A private initiator applies the policy to its destination at once.
+	// An initiator applies the policy to its destination at once, and a
+	// public initiator to the endpoint an acceptor announces.
 	w := newWorld(t)
 	_, _, err := w.node("alpha", "").Initiate(context.Background(), invite("https://169.254.169.254/"))
 	wantCode(t, err, tether.CodeURLRefused)
+	alpha := w.node("alpha2", alphaURL)
+	beta := w.node("beta", "https://10.1.1.1/tether", func(c *tether.Config) { c.URLPolicy.AllowPrivate = true })
+	_, code := alpha.initiate(t, invite(""))
+	_, err = beta.Accept(context.Background(), code, tether.AcceptOptions{})
+	wantCode(t, err, tether.CodeURLRefused)
+	if beta.count(t) != 0 {
+		t.Fatal("acceptor stored a connection the initiator refused")
+	}
 }
 
 // A lost answer leaves the acceptor free to retry with the same code.
@@ -656,6 +665,7 @@ func TestOpenConfig(t *testing.T) {
 	for _, mod := range []func(*tether.Config){
 		func(c *tether.Config) { c.Endpoint = "not a url" },
 		func(c *tether.Config) { c.InvitationTTL = 365 * 24 * time.Hour },
+		func(c *tether.Config) { c.Endpoint = "http://alpha.example/tether" },
 	} {
 		cfg := tether.Config{Store: w.node("x", "").store}
 		mod(&cfg)

@@ -257,15 +257,7 @@ const (
 )
 
 // PageLimit returns the effective page size for o.
-func (o ListOptions) PageLimit() int {
-	switch {
-	case o.Limit <= 0:
-		return DefaultPageSize
-	case o.Limit > MaxPageSize:
-		return MaxPageSize
-	}
-	return o.Limit
-}
+func (o ListOptions) PageLimit() int { return clampLimit(o.Limit, DefaultPageSize, MaxPageSize) }
 
 // Matches reports whether c passes o's filters (not its cursor).
 func (o ListOptions) Matches(c *Connection) bool {

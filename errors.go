@@ -3,6 +3,7 @@ package tether
 import (
 	"errors"
 	"strings"
+	"time"
 )
 
 // Code classifies an error. Codes are part of the API: they are only ever
@@ -33,6 +34,10 @@ const (
 	CodeUnauthenticated   Code = "unauthenticated"    // a request between instances failed authentication
 	CodeUnavailable       Code = "unavailable"        // the peer or network could not be reached; retry later
 	CodeProtocol          Code = "protocol"           // the peer answered something this version does not understand
+	CodeTooLarge          Code = "too_large"          // a payload or body is over its size limit
+	CodeNotConnected      Code = "not_connected"      // the connection is pending or deleted: nothing can be sent on it
+	CodePaused            Code = "paused"             // the peer paused the connection: keep the messages and retry later
+	CodeGone              Code = "gone"               // the peer deleted the connection: stop for good
 )
 
 // Error is the error type of tether and its adapters. Code is stable API,
@@ -46,6 +51,9 @@ type Error struct {
 	Op      string
 	Message string
 	Err     error
+	// RetryAfter, when positive, is how long the remote side asked the
+	// caller to wait before trying again (CodeUnavailable, CodePaused).
+	RetryAfter time.Duration
 }
 
 func (e *Error) Error() string {
@@ -93,6 +101,10 @@ var (
 	ErrRevoked           error = &sentinel{CodeRevoked}
 	ErrURLRefused        error = &sentinel{CodeURLRefused}
 	ErrUnavailable       error = &sentinel{CodeUnavailable}
+	ErrTooLarge          error = &sentinel{CodeTooLarge}
+	ErrNotConnected      error = &sentinel{CodeNotConnected}
+	ErrPaused            error = &sentinel{CodePaused}
+	ErrGone              error = &sentinel{CodeGone}
 )
 
 // ErrorCode returns the Code of the first *Error in err's chain, CodeInternal

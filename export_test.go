@@ -16,7 +16,7 @@ func SignResponse(priv ed25519.PrivateKey, instance string, op Op, reqAuth strin
 	raw, _ := base64.RawURLEncoding.DecodeString(payload)
 	_ = json.Unmarshal(raw, &c)
 	key := InstanceKey{ID: KeyID(priv.Public().(ed25519.PublicKey)), Private: priv}
-	auth, err := signedMessage(key, instance, op, c.Issuer, body, now, "AAAAAAAAAAAAAAAAAAAAAA", c.ID)
+	auth, err := signedMessage(key, instance, "", op, c.Issuer, body, now, "AAAAAAAAAAAAAAAAAAAAAA", c.ID)
 	if err != nil {
 		panic(err)
 	}

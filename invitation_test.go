@@ -188,9 +188,9 @@ func TestInvitationType(t *testing.T) {
 	defer stop()
 	spyCode := f.resign(t, func(h, c map[string]any) { c["ep"] = "https://spy.example" })
 	beta := f.w.node("beta", "")
-	if _, err := beta.Accept(context.Background(), spyCode, tether.AcceptOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	// alpha refuses it (the request was addressed to another endpoint), but
+	// the spy saw the request token.
+	_, _ = beta.Accept(context.Background(), spyCode, tether.AcceptOptions{})
 	if captured == nil {
 		t.Fatal("no request captured")
 	}

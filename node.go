@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"maps"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 )
@@ -44,6 +45,36 @@ type Config struct {
 	Rand io.Reader
 	// Logger receives operational messages, never secrets; discarded when nil.
 	Logger *slog.Logger
+
+	// OnEvent, when set, is called with every event this node appends, after
+	// it is stored: a hook to show changes or forward them as webhooks. It is
+	// called synchronously and must not block.
+	OnEvent func(Event)
+
+	// Receiver gets the messages arriving on this instance's connections.
+	// Without one, arriving messages are refused and stay queued at the
+	// sender.
+	Receiver Receiver
+	// MaxPayload bounds one message's payload (DefaultMaxPayload when zero).
+	MaxPayload int
+	// PollWait is how long a public side holds a private peer's poll open
+	// when there is nothing to deliver, and how long a private side asks it
+	// to (25 s when zero).
+	PollWait time.Duration
+	// RequestTimeout bounds every request to a peer, on top of PollWait for
+	// polls (30 s when zero).
+	RequestTimeout time.Duration
+	// RetryBase and RetryMax shape the backoff after a failed delivery:
+	// attempt n waits a random duration up to min(RetryMax, RetryBase*2^n)
+	// ("full jitter"), and never less than a Retry-After the peer sent.
+	// 200 ms and 30 s when zero.
+	RetryBase, RetryMax time.Duration
+	// BatchSize is the most messages one push, or one answer to a poll,
+	// carries (500 when zero, at most 1000).
+	BatchSize int
+	// PausedRetry is the Retry-After this instance gives peers whose
+	// deliveries it refuses while a connection is paused (10 s when zero).
+	PausedRetry time.Duration
 }
 
 // Node is the connection manager of one tether instance: it initiates and
@@ -65,6 +96,23 @@ type Node struct {
 	invites  *invitationParser
 	messages *jwsParser
 	replays  replayCache
+
+	onEvent     func(Event)
+	receiver    Receiver
+	maxPayload  int
+	pollWait    time.Duration
+	timeout     time.Duration
+	retryBase   time.Duration
+	retryMax    time.Duration
+	pausedRetry time.Duration
+	batch       int
+
+	wakeMu  sync.Mutex
+	wake    map[string]map[*waiter]struct{} // per connection: who waits for its outbox or status to change
+	inbox   sync.Map                        // connection ID -> *sync.Mutex serializing delivery to the Receiver
+	changed chan struct{}                   // connections were added or changed status: Run rescans
+	running atomic.Bool
+	health  healthCache
 }
 
 var _ Handler = (*Node)(nil)
@@ -94,6 +142,18 @@ func Open(ctx context.Context, cfg Config) (*Node, error) {
 		log:       cfg.Logger,
 		invites:   newInvitationParser(),
 		messages:  newJWSParser(typRequest),
+
+		onEvent:     cfg.OnEvent,
+		receiver:    cfg.Receiver,
+		maxPayload:  orDefault(cfg.MaxPayload, DefaultMaxPayload),
+		pollWait:    orDefault(cfg.PollWait, 25*time.Second),
+		timeout:     orDefault(cfg.RequestTimeout, 30*time.Second),
+		retryBase:   orDefault(cfg.RetryBase, 200*time.Millisecond),
+		retryMax:    orDefault(cfg.RetryMax, 30*time.Second),
+		pausedRetry: orDefault(cfg.PausedRetry, 10*time.Second),
+		batch:       min(orDefault(cfg.BatchSize, 500), MaxOutboxPage),
+		wake:        make(map[string]map[*waiter]struct{}),
+		changed:     make(chan struct{}, 1),
 	}
 	if n.ttl == 0 {
 		n.ttl = DefaultInvitationTTL
@@ -131,6 +191,13 @@ func Open(ctx context.Context, cfg Config) (*Node, error) {
 	}
 	n.keys.Store(newKeySet(inst))
 	return n, nil
+}
+
+func orDefault[T int | time.Duration](v, def T) T {
+	if v <= 0 {
+		return def
+	}
+	return v
 }
 
 // ID returns this instance's stable ID.
@@ -246,9 +313,11 @@ func (n *Node) Initiate(ctx context.Context, req InitiateRequest) (*Connection, 
 	if req.Destination == "" {
 		detail = "invitation issued; destination private"
 	}
-	if err := n.store.CreateConnection(ctx, c, n.event(ctx, EventCreated, detail)); err != nil {
+	ev := n.event(ctx, EventCreated, detail)
+	if err := n.store.CreateConnection(ctx, c, ev); err != nil {
 		return nil, "", Wrap(CodeInternal, op, err)
 	}
+	n.emit(c.ID, ev)
 	return c, code, nil
 }
 
@@ -333,15 +402,19 @@ func (n *Node) Accept(ctx context.Context, code string, opts AcceptOptions) (*Co
 		c.Health.LastContact = n.clock.Now()
 		detail = "accepted invitation; initiator confirmed"
 	}
-	err = n.store.ConsumeInvitation(ctx, inv.Issuer+"/"+inv.ID, inv.ExpiresAt, c,
+	evs := []Event{
 		n.event(ctx, EventCreated, "created from invitation of "+inv.InitiatorName),
-		n.event(ctx, EventAccepted, detail))
+		n.event(ctx, EventAccepted, detail),
+	}
+	err = n.store.ConsumeInvitation(ctx, inv.Issuer+"/"+inv.ID, inv.ExpiresAt, c, evs...)
 	if err != nil {
 		if ErrorCode(err) == CodeAlreadyExists {
 			err = &Error{Code: CodeAlreadyUsed, Op: op, Message: "invitation was already accepted on this instance"}
 		}
 		return nil, Wrap(CodeInternal, op, err)
 	}
+	n.emit(c.ID, evs...)
+	n.notifyChanged()
 	return c, nil
 }
 
@@ -370,13 +443,13 @@ func (n *Node) presentInvitation(ctx context.Context, op, code string, inv *Invi
 		return nil, err
 	}
 	var reply peerReply
-	if _, err := verifyMessage(n.messages, op, resp.Auth, resp.Body, n.clock.Now(), OpAccept, nonce, pinnedKey(op, inv.Key)); err != nil {
+	if _, err := verifyMessage(n.messages, op, resp.Auth, resp.Body, n.clock.Now(), "", OpAccept, nonce, pinnedKey(op, inv.Key)); err != nil {
 		if ErrorCode(err) == CodeKeyMismatch {
 			return nil, &Error{Code: CodeKeyMismatch, Op: op, Message: "the initiator answered with a key other than the one its invitation pinned: acceptance aborted"}
 		}
 		return nil, err
 	}
-	if err := decodeBody(op, resp.Body, &reply); err != nil {
+	if err := decodeBody(op, resp.Body, MaxRequestBody, &reply); err != nil {
 		return nil, err
 	}
 	key, ok := decodeKey(reply.Key)
@@ -398,10 +471,16 @@ func (n *Node) call(ctx context.Context, endpoint string, o Op, conn string, bod
 	if err != nil {
 		return nil, "", err
 	}
-	auth, err := signedMessage(key, n.keys.Load().instance, o, conn, body, n.clock.Now(), nonce, "")
+	auth, err := signedMessage(key, n.keys.Load().instance, endpoint, o, conn, body, n.clock.Now(), nonce, "")
 	if err != nil {
 		return nil, "", err
 	}
+	timeout := n.timeout
+	if o == OpPoll {
+		timeout += n.pollWait
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
 	resp, err := n.transport.Call(ctx, endpoint, &Request{Op: o, Auth: auth, Body: body})
 	if err != nil {
 		return nil, "", Wrap(CodeUnavailable, "tether: "+string(o), err)
@@ -485,20 +564,40 @@ func (n *Node) Update(ctx context.Context, id string, u Update) (*Connection, er
 	})
 }
 
-// Pause stops delivery on an Active connection; messages keep queuing.
+// Pause stops delivery on an Active connection. Send keeps queuing, and
+// the peer's deliveries are answered "paused, retry later" so they stay
+// queued on its side too: nothing is lost.
 func (n *Node) Pause(ctx context.Context, id string) (*Connection, error) {
-	return n.transition(ctx, "tether: pause", id, ActionPause, EventPaused, "paused")
+	c, err := n.transition(ctx, "tether: pause", id, ActionPause, EventPaused, "paused")
+	if err == nil {
+		n.signal(id)
+	}
+	return c, err
 }
 
-// Activate resumes a Paused connection where it stopped.
+// Activate resumes a Paused connection where it stopped, and tells a
+// public peer so its queued messages flow again at once.
 func (n *Node) Activate(ctx context.Context, id string) (*Connection, error) {
-	return n.transition(ctx, "tether: activate", id, ActionActivate, EventActivated, "activated")
+	c, err := n.transition(ctx, "tether: activate", id, ActionActivate, EventActivated, "activated")
+	if err == nil {
+		n.signal(id)
+		n.notifyChanged()
+		n.notifyPeer(ctx, c, OpResume)
+	}
+	return c, err
 }
 
 // Delete soft-deletes a connection: it stays readable with its events, and
-// nothing is sent or accepted on it any more.
+// nothing is sent or accepted on it any more. A public peer is told now; a
+// private one learns at its next request. Either way the peer marks its
+// side deleted and stops retrying.
 func (n *Node) Delete(ctx context.Context, id string) (*Connection, error) {
-	return n.transition(ctx, "tether: delete", id, ActionDelete, EventDeleted, "deleted")
+	c, err := n.transition(ctx, "tether: delete", id, ActionDelete, EventDeleted, "deleted")
+	if err == nil {
+		n.signal(id)
+		n.notifyPeer(ctx, c, OpClose)
+	}
+	return c, err
 }
 
 // RevokeInvitation withdraws the invitation of a Pending connection this
@@ -555,7 +654,19 @@ func (n *Node) modify(ctx context.Context, op, id string, change func(*Connectio
 		if err != nil {
 			return nil, Wrap(CodeInternal, op, err)
 		}
+		n.emit(c.ID, *ev)
 		return c, nil
+	}
+}
+
+// emit passes stored events to the host's OnEvent hook.
+func (n *Node) emit(id string, evs ...Event) {
+	if n.onEvent == nil {
+		return
+	}
+	for _, e := range evs {
+		e.ConnectionID = id
+		n.onEvent(e)
 	}
 }
 
@@ -572,23 +683,6 @@ func joinWords(w []string) string {
 		s += x
 	}
 	return s
-}
-
-// Run does the node's background work until ctx ends: it closes expired
-// invitations and, for a private initiator, polls destinations until they
-// accept. It returns ctx's error. Failures are logged and retried at the
-// next interval; they never end Run.
-func (n *Node) Run(ctx context.Context) error {
-	for {
-		if err := n.Sync(ctx); err != nil && ctx.Err() == nil {
-			n.log.WarnContext(ctx, "tether: sync failed", "err", err)
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-n.clock.After(n.poll):
-		}
-	}
 }
 
 // Sync does one round of Run's work now and returns the first error it met
@@ -632,7 +726,7 @@ func (n *Node) syncPending(ctx context.Context, c *Connection) error {
 	}
 	reply, err := n.askStatus(ctx, c)
 	if err != nil {
-		n.recordFailure(ctx, c.ID, err)
+		n.healthFail(ctx, c.ID, err, true)
 		return err
 	}
 	err = n.completeAsInitiator(WithActor(ctx, ActorRemote), c.ID, c.Invitation, reply, "accepted by "+reply.Name+", confirmed by polling the destination")
@@ -658,14 +752,14 @@ func (n *Node) askStatus(ctx context.Context, c *Connection) (*verifiedReply, er
 		return nil, err
 	}
 	var reply peerReply
-	if err := decodeBody(op, resp.Body, &reply); err != nil {
+	if err := decodeBody(op, resp.Body, MaxRequestBody, &reply); err != nil {
 		return nil, err
 	}
 	pub, ok := decodeKey(reply.Key)
 	if !ok {
 		return nil, &Error{Code: CodeProtocol, Op: op, Message: "the destination's answer has no valid key"}
 	}
-	if _, err := verifyMessage(n.messages, op, resp.Auth, resp.Body, n.clock.Now(), OpStatus, nonce, pinnedKey(op, pub)); err != nil {
+	if _, err := verifyMessage(n.messages, op, resp.Auth, resp.Body, n.clock.Now(), "", OpStatus, nonce, pinnedKey(op, pub)); err != nil {
 		return nil, err
 	}
 	switch {
@@ -706,30 +800,19 @@ func (n *Node) completeAsInitiator(ctx context.Context, id, jti string, r *verif
 		now := n.clock.Now()
 		c.UpdatedAt = now
 		c.Health = Health{LastContact: now}
-		err = n.store.ConsumeInvitation(ctx, n.ID()+"/"+c.Invitation, c.InvitationExpires, c,
-			n.event(ctx, EventAccepted, detail))
+		ev := n.event(ctx, EventAccepted, detail)
+		err = n.store.ConsumeInvitation(ctx, n.ID()+"/"+c.Invitation, c.InvitationExpires, c, ev)
 		if ErrorCode(err) == CodeConflict && attempt < 10 {
 			continue
 		}
 		if ErrorCode(err) == CodeAlreadyUsed && attempt < 10 {
 			continue // re-read: it may be this same acceptor's earlier attempt
 		}
+		if err == nil {
+			n.emit(c.ID, ev)
+			n.notifyChanged()
+		}
 		return err
-	}
-}
-
-// recordFailure notes a failed exchange in a connection's health.
-func (n *Node) recordFailure(ctx context.Context, id string, cause error) {
-	msg := cause.Error()
-	if e := new(Error); errors.As(cause, &e) {
-		msg = string(e.Code) + ": " + e.Message
-	}
-	_, err := n.modifyHealth(ctx, id, func(h *Health) {
-		h.Failures++
-		h.LastError = msg
-	})
-	if err != nil {
-		n.log.WarnContext(ctx, "tether: record health", "connection", id, "err", err)
 	}
 }
 

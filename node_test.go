@@ -163,7 +163,9 @@ func TestRunPollsUntilAcceptedAndStops(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error)
 	go func() { done <- alpha.Run(ctx) }()
-	if !w.clock.WaitForWaiters(1, nil) {
+	// Run's scheduler and its pending-invitation loop both wait on the clock
+	// once the loop finished its first round.
+	if !w.clock.WaitForWaiters(2, nil) {
 		t.Fatal("Run never waited")
 	}
 	if got := alpha.get(t, ac.ID).Status; got != tether.StatusActive {

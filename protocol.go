@@ -45,9 +45,9 @@ func randomToken(rnd io.Reader) (string, error) {
 
 // signedMessage builds the auth token for a request (irt empty) or a
 // response (irt the request's nonce).
-func signedMessage(key InstanceKey, instance string, op Op, conn string, body []byte, now time.Time, nonce, irt string) (string, error) {
+func signedMessage(key InstanceKey, instance, aud string, op Op, conn string, body []byte, now time.Time, nonce, irt string) (string, error) {
 	return signJWS(typRequest, key, &requestClaims{
-		timeClaims: timeClaims{Issuer: instance, Subject: conn, ID: nonce, IssuedAt: jwt.NewNumericDate(now)},
+		timeClaims: timeClaims{Issuer: instance, Audience: aud, Subject: conn, ID: nonce, IssuedAt: jwt.NewNumericDate(now)},
 		Op:         op,
 		BodyHash:   bodyHash(body),
 		InReplyTo:  irt,
@@ -55,10 +55,11 @@ func signedMessage(key InstanceKey, instance string, op Op, conn string, body []
 }
 
 // verifyMessage checks a request or response token: the signature by the
-// key lookup returns, the body digest, the time window and, for responses,
-// that it answers the request with nonce irt and op. It does not check the
-// nonce for replay.
-func verifyMessage(jp *jwsParser, op string, auth string, body []byte, now time.Time, wantOp Op, irt string, lookup keyLookup) (*requestClaims, error) {
+// key lookup returns, the audience (the endpoint a request was sent to;
+// empty for responses), the body digest, the time window and, for
+// responses, that it answers the request with nonce irt and op. It does not
+// check the nonce for replay.
+func verifyMessage(jp *jwsParser, op string, auth string, body []byte, now time.Time, aud string, wantOp Op, irt string, lookup keyLookup) (*requestClaims, error) {
 	if len(auth) > 4<<10 {
 		return nil, &Error{Code: CodeUnauthenticated, Op: op, Message: "request token is too long"}
 	}
@@ -72,8 +73,8 @@ func verifyMessage(jp *jwsParser, op string, auth string, body []byte, now time.
 	unauth := func(msg string) (*requestClaims, error) {
 		return nil, &Error{Code: CodeUnauthenticated, Op: op, Message: msg}
 	}
-	if c.Op != wantOp || c.InReplyTo != irt {
-		return unauth("token was made for another operation")
+	if c.Op != wantOp || c.InReplyTo != irt || c.Audience != aud {
+		return unauth("token was made for another operation or endpoint")
 	}
 	if subtle.ConstantTimeCompare([]byte(c.BodyHash), []byte(bodyHash(body))) != 1 {
 		return unauth("body does not match its signature")
@@ -165,8 +166,8 @@ func acceptProof(jti string, key ed25519.PublicKey) string {
 }
 
 // decodeBody strictly decodes a JSON body into v.
-func decodeBody(op string, body []byte, v any) error {
-	if len(body) > MaxRequestBody {
+func decodeBody(op string, body []byte, max int, v any) error {
+	if len(body) > max {
 		return &Error{Code: CodeInvalid, Op: op, Message: "body is too large"}
 	}
 	if err := json.Unmarshal(body, v); err != nil {

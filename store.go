@@ -69,7 +69,43 @@ type Store interface {
 	// after, in ascending Seq order, at most limit of them (0 means 100,
 	// capped at 1000). CodeNotFound when the connection does not exist.
 	ListEvents(ctx context.Context, connectionID string, after int64, limit int) ([]Event, error)
+
+	// AppendOutbox stores a message for the peer of a connection with the
+	// connection's next sequence number (1 for the first; numbers are never
+	// reused, not even after acknowledgement) and returns that number. The
+	// message is durable when it returns. CodeNotFound when the connection
+	// does not exist.
+	AppendOutbox(ctx context.Context, connectionID string, payload []byte, created time.Time) (seq int64, err error)
+
+	// ListOutbox returns the unacknowledged messages of a connection with Seq
+	// greater than after, in ascending Seq order, at most limit of them (0
+	// means 100, capped at 1000). An unknown connection has none.
+	ListOutbox(ctx context.Context, connectionID string, after int64, limit int) ([]Message, error)
+
+	// AckOutbox removes a connection's messages with Seq up to and including
+	// upTo: the peer has them. It is idempotent; an upTo below what was
+	// already acknowledged changes nothing.
+	AckOutbox(ctx context.Context, connectionID string, upTo int64) error
+
+	// InboxCursor returns the Seq of the last message of a connection handed
+	// to the Receiver successfully; 0 when none was.
+	InboxCursor(ctx context.Context, connectionID string) (int64, error)
+
+	// AdvanceInbox moves a connection's inbox cursor from from to to, only
+	// if it is at from (CodeConflict otherwise: another delivery moved it).
+	// to must be greater than from (CodeInvalid): the cursor never moves
+	// back.
+	AdvanceInbox(ctx context.Context, connectionID string, from, to int64) error
 }
+
+// Outbox page limits for Store.ListOutbox.
+const (
+	DefaultOutboxPage = 100
+	MaxOutboxPage     = 1000
+)
+
+// OutboxLimit returns the effective page size for a ListOutbox limit.
+func OutboxLimit(limit int) int { return clampLimit(limit, DefaultOutboxPage, MaxOutboxPage) }
 
 // Event list limits for Store.ListEvents.
 const (
@@ -78,12 +114,14 @@ const (
 )
 
 // EventLimit returns the effective page size for a ListEvents limit.
-func EventLimit(limit int) int {
+func EventLimit(limit int) int { return clampLimit(limit, DefaultEventPage, MaxEventPage) }
+
+func clampLimit(limit, def, max int) int {
 	switch {
 	case limit <= 0:
-		return DefaultEventPage
-	case limit > MaxEventPage:
-		return MaxEventPage
+		return def
+	case limit > max:
+		return max
 	}
 	return limit
 }

@@ -25,6 +25,13 @@ type Store struct {
 	seq      int64
 	used     map[string]time.Time // consumed invitation keys -> expiry
 	sweep    time.Time            // next time used is swept of expired keys
+	outbox   map[string]*outbox
+	inbox    map[string]int64 // inbox cursors
+}
+
+type outbox struct {
+	last int64            // last sequence number given out
+	msgs []tether.Message // unacknowledged, ascending Seq
 }
 
 var _ tether.Store = (*Store)(nil)
@@ -35,6 +42,8 @@ func New() *Store {
 		conns:  make(map[string]*tether.Connection),
 		events: make(map[string][]tether.Event),
 		used:   make(map[string]time.Time),
+		outbox: make(map[string]*outbox),
+		inbox:  make(map[string]int64),
 	}
 }
 
@@ -242,4 +251,92 @@ func (s *Store) append(id string, events []tether.Event) {
 		e.Detail = strings.ToValidUTF8(e.Detail, "\uFFFD")
 		s.events[id] = append(s.events[id], e)
 	}
+}
+
+// AppendOutbox implements tether.Store.
+func (s *Store) AppendOutbox(ctx context.Context, connectionID string, payload []byte, created time.Time) (int64, error) {
+	if err := ctx.Err(); err != nil {
+		return 0, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, ok := s.conns[connectionID]; !ok {
+		return 0, &tether.Error{Code: tether.CodeNotFound, Op: "memstore: append outbox", Message: "no such connection"}
+	}
+	ob := s.outbox[connectionID]
+	if ob == nil {
+		ob = &outbox{}
+		s.outbox[connectionID] = ob
+	}
+	ob.last++
+	ob.msgs = append(ob.msgs, tether.Message{ConnectionID: connectionID, Seq: ob.last, Payload: slices.Clone(payload), Created: created})
+	return ob.last, nil
+}
+
+// ListOutbox implements tether.Store.
+func (s *Store) ListOutbox(ctx context.Context, connectionID string, after int64, limit int) ([]tether.Message, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	ob := s.outbox[connectionID]
+	if ob == nil {
+		return nil, nil
+	}
+	i := sort.Search(len(ob.msgs), func(i int) bool { return ob.msgs[i].Seq > after })
+	msgs := ob.msgs[i:]
+	if n := tether.OutboxLimit(limit); len(msgs) > n {
+		msgs = msgs[:n]
+	}
+	out := make([]tether.Message, len(msgs))
+	for i, m := range msgs {
+		m.Payload = slices.Clone(m.Payload)
+		out[i] = m
+	}
+	return out, nil
+}
+
+// AckOutbox implements tether.Store.
+func (s *Store) AckOutbox(ctx context.Context, connectionID string, upTo int64) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ob := s.outbox[connectionID]
+	if ob == nil {
+		return nil
+	}
+	i := sort.Search(len(ob.msgs), func(i int) bool { return ob.msgs[i].Seq > upTo })
+	ob.msgs = slices.Delete(ob.msgs, 0, i)
+	return nil
+}
+
+// InboxCursor implements tether.Store.
+func (s *Store) InboxCursor(ctx context.Context, connectionID string) (int64, error) {
+	if err := ctx.Err(); err != nil {
+		return 0, err
+	}
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.inbox[connectionID], nil
+}
+
+// AdvanceInbox implements tether.Store.
+func (s *Store) AdvanceInbox(ctx context.Context, connectionID string, from, to int64) error {
+	const op = "memstore: advance inbox"
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if to <= from {
+		return &tether.Error{Code: tether.CodeInvalid, Op: op, Message: "the inbox cursor only moves forward"}
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.inbox[connectionID] != from {
+		return &tether.Error{Code: tether.CodeConflict, Op: op, Message: "inbox cursor moved since it was read"}
+	}
+	s.inbox[connectionID] = to
+	return nil
 }

@@ -48,6 +48,9 @@ func Run(t *testing.T, newStore NewStore) {
 		{"ConsumeInvitationConcurrent", testConsumeInvitationConcurrent},
 		{"List", testList},
 		{"Events", testEvents},
+		{"Outbox", testOutbox},
+		{"OutboxConcurrentAppend", testOutboxConcurrentAppend},
+		{"Inbox", testInbox},
 		{"CanceledContext", testCanceledContext},
 	}
 	for _, tc := range tests {
@@ -724,5 +727,149 @@ func testCanceledContext(t *testing.T, newStore NewStore) {
 	}
 	if _, err := s.GetConnection(context.Background(), c.ID); tether.ErrorCode(err) != tether.CodeNotFound {
 		t.Errorf("CreateConnection with a canceled context stored the connection (err %v)", err)
+	}
+}
+
+func testOutbox(t *testing.T, newStore NewStore) {
+	ctx := context.Background()
+	s := newStore(t)
+	_, err := s.AppendOutbox(ctx, ConnID(1), []byte("x"), base)
+	wantCode(t, err, tether.CodeNotFound)
+	mustCreate(t, s, NewConnection(1))
+	mustCreate(t, s, NewConnection(2))
+	if msgs, err := s.ListOutbox(ctx, ConnID(1), 0, 0); err != nil || len(msgs) != 0 {
+		t.Fatalf("empty outbox: %v, %v", msgs, err)
+	}
+	payloads := [][]byte{[]byte("one"), {}, {0, 1, 2, 0xff}, make([]byte, 64<<10)}
+	payloads[3][100] = 7
+	for i, p := range payloads {
+		seq, err := s.AppendOutbox(ctx, ConnID(1), p, base.Add(time.Duration(i)*time.Millisecond))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if seq != int64(i+1) {
+			t.Fatalf("seq %d, want %d", seq, i+1)
+		}
+	}
+	if seq, _ := s.AppendOutbox(ctx, ConnID(2), []byte("other"), base); seq != 1 {
+		t.Fatalf("another connection's first seq is %d, want 1", seq)
+	}
+	var want []tether.Message
+	for i, p := range payloads {
+		want = append(want, tether.Message{ConnectionID: ConnID(1), Seq: int64(i + 1), Payload: p, Created: base.Add(time.Duration(i) * time.Millisecond)})
+	}
+	got, err := s.ListOutbox(ctx, ConnID(1), 0, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(want, got, cmpOpts...); diff != "" {
+		t.Fatalf("outbox (-want +got):\n%s", diff)
+	}
+	got[0].Payload[0] = 'X'
+	if again, _ := s.ListOutbox(ctx, ConnID(1), 0, 1); string(again[0].Payload) != "one" {
+		t.Fatal("ListOutbox returned the store's own payload")
+	}
+	if got, _ := s.ListOutbox(ctx, ConnID(1), 1, 2); len(got) != 2 || got[0].Seq != 2 || got[1].Seq != 3 {
+		t.Fatalf("after 1, limit 2: %+v", got)
+	}
+
+	if err := s.AckOutbox(ctx, ConnID(1), 2); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.AckOutbox(ctx, ConnID(1), 1); err != nil { // lower ack: no change
+		t.Fatal(err)
+	}
+	got, _ = s.ListOutbox(ctx, ConnID(1), 0, 0)
+	if len(got) != 2 || got[0].Seq != 3 {
+		t.Fatalf("after ack 2: %+v", got)
+	}
+	if err := s.AckOutbox(ctx, ConnID(1), 10); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ = s.ListOutbox(ctx, ConnID(1), 0, 0); len(got) != 0 {
+		t.Fatalf("after acking all: %d left", len(got))
+	}
+	// Numbers are never reused.
+	if seq, _ := s.AppendOutbox(ctx, ConnID(1), []byte("five"), base); seq != 5 {
+		t.Fatalf("seq after acknowledging all is %d, want 5", seq)
+	}
+	if got, _ := s.ListOutbox(ctx, ConnID(2), 0, 0); len(got) != 1 || string(got[0].Payload) != "other" {
+		t.Fatalf("acks of one connection touched another: %+v", got)
+	}
+	// Deleted connections keep their outbox readable.
+	c, _ := s.GetConnection(ctx, ConnID(2))
+	c.Status = tether.StatusDeleted
+	if err := s.UpdateConnection(ctx, c); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := s.ListOutbox(ctx, ConnID(2), 0, 0); len(got) != 1 {
+		t.Fatal("outbox of a deleted connection vanished")
+	}
+}
+
+func testOutboxConcurrentAppend(t *testing.T, newStore NewStore) {
+	ctx := context.Background()
+	s := newStore(t)
+	mustCreate(t, s, NewConnection(1))
+	const n = 50
+	seqs := make([]int64, n)
+	errs := race(n, func(i int) error {
+		seq, err := s.AppendOutbox(ctx, ConnID(1), []byte(fmt.Sprint(i)), base)
+		seqs[i] = seq
+		return err
+	})
+	winners(t, errs, "")
+	seen := map[int64]bool{}
+	for _, q := range seqs {
+		if q < 1 || q > n || seen[q] {
+			t.Fatalf("sequence numbers %v are not 1..%d each once", seqs, n)
+		}
+		seen[q] = true
+	}
+	msgs, err := s.ListOutbox(ctx, ConnID(1), 0, n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, m := range msgs {
+		if m.Seq != int64(i+1) || string(m.Payload) != fmt.Sprint(indexOf(seqs, m.Seq)) {
+			t.Fatalf("message %d: seq %d payload %q does not match the append that got it", i, m.Seq, m.Payload)
+		}
+	}
+}
+
+func indexOf(seqs []int64, q int64) int {
+	for i, s := range seqs {
+		if s == q {
+			return i
+		}
+	}
+	return -1
+}
+
+func testInbox(t *testing.T, newStore NewStore) {
+	ctx := context.Background()
+	s := newStore(t)
+	mustCreate(t, s, NewConnection(1))
+	if c, err := s.InboxCursor(ctx, ConnID(1)); err != nil || c != 0 {
+		t.Fatalf("fresh cursor %d, %v", c, err)
+	}
+	if err := s.AdvanceInbox(ctx, ConnID(1), 0, 1); err != nil {
+		t.Fatal(err)
+	}
+	wantCode(t, s.AdvanceInbox(ctx, ConnID(1), 0, 2), tether.CodeConflict)
+	wantCode(t, s.AdvanceInbox(ctx, ConnID(1), 1, 1), tether.CodeInvalid)
+	wantCode(t, s.AdvanceInbox(ctx, ConnID(1), 1, 0), tether.CodeInvalid)
+	if err := s.AdvanceInbox(ctx, ConnID(1), 1, 5); err != nil {
+		t.Fatal(err)
+	}
+	if c, _ := s.InboxCursor(ctx, ConnID(1)); c != 5 {
+		t.Fatalf("cursor %d, want 5", c)
+	}
+	errs := race(20, func(int) error { return s.AdvanceInbox(ctx, ConnID(1), 5, 6) })
+	if won := winners(t, errs, tether.CodeConflict); len(won) != 1 {
+		t.Fatalf("%d concurrent advances from 5 succeeded, want 1", len(won))
+	}
+	if c, _ := s.InboxCursor(ctx, ConnID(2)); c != 0 {
+		t.Fatalf("another connection's cursor is %d", c)
 	}
 }

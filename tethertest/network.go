@@ -29,6 +29,8 @@ type Network struct {
 	partitions map[[2]string]bool
 	faults     FaultFunc
 	after      func(time.Duration) <-chan time.Time
+	late       sync.WaitGroup // copies still to be delivered late
+	closed     chan struct{}
 }
 
 // Fault is what happens to one request.
@@ -37,6 +39,10 @@ type Fault struct {
 	DropResponse bool          // the handler runs, the response is lost
 	Duplicate    bool          // the handler runs twice; the sender sees the second answer
 	Delay        time.Duration // the request waits this long (on the network's clock) before delivery
+	// Late, when positive, delivers a copy of the request once more after
+	// this long (on the network's clock), behind requests sent later: a
+	// stale duplicate, reordered. Its answer is discarded.
+	Late time.Duration
 }
 
 // FaultFunc decides the fault for one request from sender to endpoint. It
@@ -51,7 +57,21 @@ func NewNetwork() *Network {
 		sent:       make(map[string]int),
 		partitions: make(map[[2]string]bool),
 		after:      time.After,
+		closed:     make(chan struct{}),
 	}
+}
+
+// Close drops the late copies still waiting and waits for those being
+// delivered. Call it (or defer it) in tests that use Fault.Late.
+func (n *Network) Close() {
+	n.mu.Lock()
+	select {
+	case <-n.closed:
+	default:
+		close(n.closed)
+	}
+	n.mu.Unlock()
+	n.late.Wait()
 }
 
 // SetClock makes delays wait on clock instead of real time.
@@ -89,6 +109,13 @@ func (n *Network) Faults(f FaultFunc) {
 // probability dup and delays each request by a uniform duration up to
 // maxDelay. The same seed gives the same sequence of decisions.
 func RandomFaults(seed uint64, drop, dropResponse, dup float64, maxDelay time.Duration) FaultFunc {
+	return RandomFaultsLate(seed, drop, dropResponse, dup, 0, maxDelay)
+}
+
+// RandomFaultsLate is RandomFaults that also, with probability late,
+// delivers a stale copy of a request again up to 4*maxDelay later
+// (Fault.Late), so requests arrive out of order.
+func RandomFaultsLate(seed uint64, drop, dropResponse, dup, late float64, maxDelay time.Duration) FaultFunc {
 	var mu sync.Mutex
 	r := rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
 	return func(string, string, *tether.Request) Fault {
@@ -101,6 +128,9 @@ func RandomFaults(seed uint64, drop, dropResponse, dup float64, maxDelay time.Du
 		}
 		if maxDelay > 0 {
 			f.Delay = time.Duration(r.Int64N(int64(maxDelay) + 1))
+		}
+		if r.Float64() < late {
+			f.Late = time.Duration(r.Int64N(4*int64(maxDelay)+1)) + 1
 		}
 		return f
 	}
@@ -179,6 +209,18 @@ func (t *transport) Call(ctx context.Context, endpoint string, req *tether.Reque
 	case f.Drop:
 		return nil, unavailable("request lost")
 	}
+	if f.Late > 0 {
+		n.late.Add(1)
+		copied := &tether.Request{Op: req.Op, Auth: req.Auth, Body: slices.Clone(req.Body)}
+		go func() {
+			defer n.late.Done()
+			select {
+			case <-after(f.Late):
+				_, _ = t.deliver(context.Background(), endpoint, h, copied)
+			case <-n.closed:
+			}
+		}()
+	}
 	resp, err := t.deliver(ctx, endpoint, h, req)
 	if f.Duplicate {
 		resp, err = t.deliver(ctx, endpoint, h, req)
@@ -189,7 +231,7 @@ func (t *transport) Call(ctx context.Context, endpoint string, req *tether.Reque
 	if err != nil {
 		// Only the code and message cross the wire, as over HTTP.
 		if e := (*tether.Error)(nil); errors.As(err, &e) {
-			return nil, &tether.Error{Code: e.Code, Op: e.Op, Message: e.Message}
+			return nil, &tether.Error{Code: e.Code, Op: e.Op, Message: e.Message, RetryAfter: e.RetryAfter}
 		}
 		return nil, &tether.Error{Code: tether.ErrorCode(err), Op: "tethertest: remote", Message: "remote error"}
 	}

@@ -1,0 +1,40 @@
+package tether
+
+import (
+	"context"
+	"time"
+)
+
+// Message is one payload sent on a connection. Seq numbers the messages of
+// one connection in the sender's order, starting at 1; the receiver sees
+// them in that order.
+type Message struct {
+	ConnectionID string // on the receiving side: the receiver's connection ID
+	Seq          int64
+	Payload      []byte
+	Created      time.Time // when Send stored it on the sending side
+}
+
+// DefaultMaxPayload is Config.MaxPayload's default.
+const DefaultMaxPayload = 1 << 20
+
+// Receiver is the host's handler for messages arriving on its connections.
+//
+// Receive is called for the messages of one connection one at a time, in
+// Seq order; calls for different connections may run concurrently. If it
+// returns nil the message is acknowledged and never handed to Receive again
+// (the Store records the connection's inbox cursor). If it returns an error
+// the message is not acknowledged: the sender keeps it and it is delivered
+// again later, with backoff. A crash between Receive returning nil and the
+// cursor being stored can deliver the message once more, so a Receiver that
+// must see each message exactly once is transactional or idempotent: it may
+// record m.Seq with its own data and skip a Seq it has seen.
+type Receiver interface {
+	Receive(ctx context.Context, m Message) error
+}
+
+// ReceiverFunc adapts a function to Receiver.
+type ReceiverFunc func(ctx context.Context, m Message) error
+
+// Receive calls f.
+func (f ReceiverFunc) Receive(ctx context.Context, m Message) error { return f(ctx, m) }

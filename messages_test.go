@@ -1,0 +1,458 @@
+package tether_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/tetherkit/tether"
+	"github.com/tetherkit/tether/tethertest"
+)
+
+// inbox is a Receiver that records what it got per connection and can be
+// told to fail.
+type inbox struct {
+	mu     sync.Mutex
+	got    map[string][]tether.Message
+	total  int
+	notify chan struct{}
+	fail   func(m tether.Message) error
+}
+
+func newInbox() *inbox {
+	return &inbox{got: map[string][]tether.Message{}, notify: make(chan struct{}, 1)}
+}
+
+func (in *inbox) Receive(_ context.Context, m tether.Message) error {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	if in.fail != nil {
+		if err := in.fail(m); err != nil {
+			return err
+		}
+	}
+	in.got[m.ConnectionID] = append(in.got[m.ConnectionID], m)
+	in.total++
+	select {
+	case in.notify <- struct{}{}:
+	default:
+	}
+	return nil
+}
+
+func (in *inbox) count() int {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	return in.total
+}
+
+// waitFor waits until the inbox holds n messages; the deadline only guards
+// against a hung test.
+func (in *inbox) waitFor(t testing.TB, n int) {
+	t.Helper()
+	deadline := time.After(60 * time.Second)
+	for in.count() < n {
+		select {
+		case <-in.notify:
+		case <-deadline:
+			t.Fatalf("received %d messages, want %d", in.count(), n)
+		}
+	}
+}
+
+// check asserts connection id received exactly payloads 1..n of prefix, once
+// each and in order.
+func (in *inbox) check(t testing.TB, id, prefix string, n int) {
+	t.Helper()
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	got := in.got[id]
+	if len(got) != n {
+		t.Fatalf("%s received %d messages, want %d", id, len(got), n)
+	}
+	for i, m := range got {
+		if want := fmt.Sprintf("%s-%d", prefix, i+1); m.Seq != int64(i+1) || string(m.Payload) != want {
+			t.Fatalf("%s message %d: seq %d payload %q, want seq %d payload %q", id, i, m.Seq, m.Payload, i+1, want)
+		}
+	}
+}
+
+// running starts Run on each node and returns a function that stops them
+// and checks Run returned context.Canceled.
+func running(t testing.TB, nodes ...*peer) func() {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	errs := make(chan error, len(nodes))
+	for _, n := range nodes {
+		go func() { errs <- n.Run(ctx) }()
+	}
+	stopped := false
+	stop := func() {
+		if stopped {
+			return
+		}
+		stopped = true
+		cancel()
+		for range nodes {
+			if err := <-errs; !errors.Is(err, context.Canceled) {
+				t.Errorf("Run returned %v", err)
+			}
+		}
+	}
+	t.Cleanup(stop)
+	return stop
+}
+
+// eventually waits until cond holds, checking every millisecond; the
+// deadline only guards against a hung test.
+func eventually(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting until %s", what)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// connect makes a connection from a to b and returns both sides' IDs.
+func connect(t testing.TB, a, b *peer, dest string) (string, string) {
+	t.Helper()
+	ac, code := a.initiate(t, invite(dest))
+	bc, err := b.Accept(context.Background(), code, tether.AcceptOptions{})
+	if err != nil {
+		t.Fatalf("Accept: %v", err)
+	}
+	if a.Endpoint() == "" {
+		if err := a.Sync(context.Background()); err != nil {
+			t.Fatalf("Sync: %v", err)
+		}
+	}
+	return ac.ID, bc.ID
+}
+
+func withReceiver(in *inbox) func(*tether.Config) {
+	return func(c *tether.Config) { c.Receiver = in }
+}
+
+func realClock(c *tether.Config) {
+	c.Clock = nil
+	c.RetryBase, c.RetryMax = time.Millisecond, 20*time.Millisecond
+}
+
+func sendAll(t testing.TB, p *peer, id, prefix string, n int) {
+	t.Helper()
+	for i := 1; i <= n; i++ {
+		seq, err := p.Send(context.Background(), id, []byte(fmt.Sprintf("%s-%d", prefix, i)))
+		if err != nil {
+			t.Fatalf("Send: %v", err)
+		}
+		if seq != int64(i) {
+			t.Fatalf("Send returned seq %d, want %d", seq, i)
+		}
+	}
+}
+
+func TestMessagesBothWays(t *testing.T) {
+	for _, topo := range []struct{ name, alpha, beta, dest string }{
+		{"public and private", alphaURL, "", ""},
+		{"private initiator and public", "", betaURL, betaURL},
+		{"both public", alphaURL, betaURL, betaURL},
+	} {
+		t.Run(topo.name, func(t *testing.T) {
+			w := newWorld(t)
+			ain, bin := newInbox(), newInbox()
+			alpha, beta := w.node("alpha", topo.alpha, withReceiver(ain)), w.node("beta", topo.beta, withReceiver(bin))
+			aid, bid := connect(t, alpha, beta, topo.dest)
+			// Messages sent before Run starts wait in the outbox.
+			sendAll(t, alpha, aid, "a", 30)
+			stop := running(t, alpha, beta)
+			sendAll(t, beta, bid, "b", 1200)
+			bin.waitFor(t, 30)
+			ain.waitFor(t, 1200)
+			// Acknowledgements follow delivery: the outboxes drain.
+			eventually(t, "outboxes drain", func() bool {
+				a, _ := alpha.store.ListOutbox(context.Background(), aid, 0, 0)
+				b, _ := beta.store.ListOutbox(context.Background(), bid, 0, 0)
+				return len(a)+len(b) == 0
+			})
+			stop()
+			bin.check(t, bid, "a", 30)
+			ain.check(t, aid, "b", 1200)
+			for endpoint := range w.net.Served() {
+				if endpoint != topo.alpha && endpoint != topo.beta || endpoint == "" {
+					t.Fatalf("a request reached %q: only public sides may be called (%v)", endpoint, w.net.Served())
+				}
+			}
+			h := alpha.get(t, aid).Health
+			if h.LastContact.IsZero() || h.Failures != 0 {
+				t.Fatalf("health after delivery: %+v", h)
+			}
+		})
+	}
+}
+
+func TestSendRules(t *testing.T) {
+	w := newWorld(t)
+	alpha := w.node("alpha", alphaURL, func(c *tether.Config) { c.MaxPayload = 16 })
+	beta := w.node("beta", "")
+	ctx := context.Background()
+	pending, _ := alpha.initiate(t, invite(""))
+	_, err := alpha.Send(ctx, pending.ID, []byte("hi"))
+	if !errors.Is(err, tether.ErrNotConnected) {
+		t.Fatalf("Send on pending: %v", err)
+	}
+	aid, _ := connect(t, alpha, beta, "")
+	_, err = alpha.Send(ctx, aid, make([]byte, 17))
+	if !errors.Is(err, tether.ErrTooLarge) || !strings.Contains(err.Error(), "16 bytes") {
+		t.Fatalf("Send over the limit: %v", err)
+	}
+	if _, err := alpha.Send(ctx, aid, make([]byte, 16)); err != nil {
+		t.Fatalf("Send at the limit: %v", err)
+	}
+	if _, err := alpha.Pause(ctx, aid); err != nil {
+		t.Fatal(err)
+	}
+	if seq, err := alpha.Send(ctx, aid, []byte("queued")); err != nil || seq != 2 {
+		t.Fatalf("Send on paused: %d, %v; want 2, nil", seq, err)
+	}
+	if _, err := alpha.Delete(ctx, aid); err != nil {
+		t.Fatal(err)
+	}
+	_, err = alpha.Send(ctx, aid, []byte("late"))
+	wantCode(t, err, tether.CodeNotConnected)
+	_, err = alpha.Send(ctx, "conn_00000000000000000000000000", []byte("x"))
+	wantCode(t, err, tether.CodeNotFound)
+}
+
+// recorder wraps a handler and reports every answer's error code.
+func recorder(h tether.Handler, codes chan<- tether.Code) tether.Handler {
+	return handlerFunc(func(ctx context.Context, r *tether.Request) (*tether.Response, error) {
+		resp, err := h.Handle(ctx, r)
+		if r.Op == tether.OpPush {
+			select {
+			case codes <- tether.ErrorCode(err):
+			default:
+			}
+		}
+		return resp, err
+	})
+}
+
+// Pausing one side queues on both sides; activating lets everything flow,
+// none lost.
+func TestPauseQueuesBothSides(t *testing.T) {
+	w := newWorld(t)
+	ain, bin := newInbox(), newInbox()
+	alpha := w.node("alpha", "", withReceiver(ain), realClock)
+	beta := w.node("beta", "", withReceiver(bin), realClock, func(c *tether.Config) { c.Endpoint = betaURL })
+	codes := make(chan tether.Code, 100)
+	w.t.Cleanup(w.net.Listen(betaURL, recorder(beta, codes)))
+	aid, bid := connect(t, alpha, beta, betaURL)
+	ctx := context.Background()
+	running(t, alpha, beta)
+
+	if _, err := beta.Pause(ctx, bid); err != nil {
+		t.Fatal(err)
+	}
+	sendAll(t, alpha, aid, "a", 5)
+	sendAll(t, beta, bid, "b", 5)
+	// Wait until alpha's delivery was refused as paused.
+	for code := range codes {
+		if code == tether.CodePaused {
+			break
+		}
+	}
+	if ain.count() != 0 || bin.count() != 0 {
+		t.Fatalf("delivered while paused: alpha got %d, beta got %d", ain.count(), bin.count())
+	}
+	for _, q := range []struct {
+		p  *peer
+		id string
+	}{{alpha, aid}, {beta, bid}} {
+		if msgs, _ := q.p.store.ListOutbox(ctx, q.id, 0, 0); len(msgs) != 5 {
+			t.Fatalf("%s holds %d queued messages, want 5", q.p.name, len(msgs))
+		}
+	}
+	eventually(t, "alpha's health says the peer paused", func() bool {
+		return strings.Contains(alpha.get(t, aid).Health.LastError, "paused")
+	})
+	if h := alpha.get(t, aid).Health; h.Failures != 0 {
+		t.Fatalf("a pause counted as a failure: %+v", h)
+	}
+
+	if _, err := beta.Activate(ctx, bid); err != nil {
+		t.Fatal(err)
+	}
+	ain.waitFor(t, 5)
+	bin.waitFor(t, 5)
+	ain.check(t, aid, "b", 5)
+	bin.check(t, bid, "a", 5)
+}
+
+// Deleting tells the peer, which stops and keeps its history.
+func TestDeleteReachesPeer(t *testing.T) {
+	for _, topo := range []struct{ name, alpha, beta, dest string }{
+		{"peer private", alphaURL, "", ""},
+		{"peer public", alphaURL, betaURL, betaURL},
+	} {
+		t.Run(topo.name, func(t *testing.T) {
+			w := newWorld(t)
+			bin := newInbox()
+			deleted := make(chan tether.Event, 1)
+			alpha := w.node("alpha", topo.alpha)
+			beta := w.node("beta", topo.beta, withReceiver(bin), func(c *tether.Config) {
+				c.OnEvent = func(e tether.Event) {
+					if e.Type == tether.EventDeleted {
+						deleted <- e
+					}
+				}
+			})
+			aid, bid := connect(t, alpha, beta, topo.dest)
+			stop := running(t, alpha, beta)
+			sendAll(t, alpha, aid, "a", 3)
+			bin.waitFor(t, 3)
+			if _, err := alpha.Delete(context.Background(), aid); err != nil {
+				t.Fatal(err)
+			}
+			select {
+			case e := <-deleted:
+				if e.ConnectionID != bid || e.Actor != tether.ActorRemote {
+					t.Fatalf("deletion event %+v", e)
+				}
+			case <-time.After(30 * time.Second):
+				t.Fatal("the peer never learned of the deletion")
+			}
+			stop()
+			if got := beta.get(t, bid).Status; got != tether.StatusDeleted {
+				t.Fatalf("peer's connection is %s", got)
+			}
+			types := eventTypes(t, beta, bid)
+			if last := types[len(types)-1]; last != tether.EventDeleted {
+				t.Fatalf("peer's last event %s, want deleted", last)
+			}
+			evs, _ := beta.Events(context.Background(), bid, 0, 0)
+			if a := evs[len(evs)-1].Actor; a != tether.ActorRemote {
+				t.Fatalf("deletion recorded with actor %q, want remote", a)
+			}
+			_, err := beta.Send(context.Background(), bid, []byte("after"))
+			wantCode(t, err, tether.CodeNotConnected)
+		})
+	}
+}
+
+// A receiver error leaves the message queued; it is redelivered, and never
+// handed over twice once accepted.
+func TestReceiverErrorRedelivers(t *testing.T) {
+	w := newWorld(t)
+	bin := newInbox()
+	failures := 0
+	bin.fail = func(m tether.Message) error {
+		if m.Seq == 3 && failures < 2 {
+			failures++
+			return errors.New("database busy")
+		}
+		return nil
+	}
+	alpha := w.node("alpha", alphaURL, realClock)
+	beta := w.node("beta", "", withReceiver(bin), realClock)
+	aid, bid := connect(t, alpha, beta, "")
+	running(t, alpha, beta)
+	sendAll(t, alpha, aid, "a", 6)
+	bin.waitFor(t, 6)
+	bin.check(t, bid, "a", 6)
+	if failures != 2 {
+		t.Fatalf("receiver failed %d times, want 2", failures)
+	}
+}
+
+// SECURITY.md 23: drops, lost answers, duplicates, delays, reordered stale
+// copies and a partition; every message arrives once and in order.
+func TestDeliveryUnderFaults(t *testing.T) {
+	const perConn = 2500 // 4 connections: 10,000 messages each way
+	w := newWorld(t)
+	w.net.SetClock(realClockOnly{})
+	defer w.net.Close()
+	hubIn, privIn, pubIn := newInbox(), newInbox(), newInbox()
+	small := func(c *tether.Config) { c.BatchSize = 10 }
+	hub := w.node("hub", alphaURL, withReceiver(hubIn), realClock, small)
+	private := w.node("private", "", withReceiver(privIn), realClock, small)
+	public := w.node("public", betaURL, withReceiver(pubIn), realClock, small)
+
+	type pair struct {
+		a, b   *peer
+		ai, bi string
+	}
+	var pairs []pair
+	for range 2 {
+		a, b := connect(t, hub, private, "")
+		pairs = append(pairs, pair{hub, private, a, b})
+		a, b = connect(t, public, hub, alphaURL)
+		pairs = append(pairs, pair{public, hub, a, b})
+	}
+	random := tethertest.RandomFaultsLate(42, 0.1, 0.1, 0.1, 0.1, time.Millisecond)
+	var mu sync.Mutex
+	requests := 0
+	w.net.Faults(func(from, to string, r *tether.Request) tethertest.Fault {
+		mu.Lock()
+		requests++
+		n := requests
+		mu.Unlock()
+		if n >= 500 && n < 600 && from == "private" {
+			return tethertest.Fault{Drop: true} // a partition of the private side
+		}
+		return random(from, to, r)
+	})
+	running(t, hub, private, public)
+	var wg sync.WaitGroup
+	for i, p := range pairs {
+		wg.Add(2)
+		go func() { defer wg.Done(); sendAll(t, p.a, p.ai, fmt.Sprintf("p%d-ab", i), perConn) }()
+		go func() { defer wg.Done(); sendAll(t, p.b, p.bi, fmt.Sprintf("p%d-ba", i), perConn) }()
+	}
+	wg.Wait()
+	hubIn.waitFor(t, 4*perConn)
+	privIn.waitFor(t, 2*perConn)
+	pubIn.waitFor(t, 2*perConn)
+	inboxes := map[*peer]*inbox{hub: hubIn, private: privIn, public: pubIn}
+	for i, p := range pairs {
+		inboxes[p.b].check(t, p.bi, fmt.Sprintf("p%d-ab", i), perConn)
+		inboxes[p.a].check(t, p.ai, fmt.Sprintf("p%d-ba", i), perConn)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if requests < 600 {
+		t.Fatalf("only %d requests: the partition never happened", requests)
+	}
+	t.Logf("%d requests under faults", requests)
+}
+
+type realClockOnly struct{}
+
+func (realClockOnly) Now() time.Time                         { return time.Now() }
+func (realClockOnly) After(d time.Duration) <-chan time.Time { return time.After(d) }
+
+// Every goroutine Run starts has ended when it returns.
+func TestRunLeavesNoGoroutine(t *testing.T) {
+	w := newWorld(t)
+	bin := newInbox()
+	alpha, beta := w.node("alpha", alphaURL), w.node("beta", "", withReceiver(bin))
+	aid, _ := connect(t, alpha, beta, "")
+	stop := running(t, alpha, beta)
+	sendAll(t, alpha, aid, "a", 10)
+	bin.waitFor(t, 10)
+	stop()
+	buf := make([]byte, 1<<20)
+	stacks := string(buf[:runtime.Stack(buf, true)])
+	for _, g := range strings.Split(stacks, "\n\n") {
+		if strings.Contains(g, "tether.(*Node)") || strings.Contains(g, "tether.(*runner)") {
+			t.Fatalf("a goroutine outlived Run:\n%s", g)
+		}
+	}
+}

@@ -319,7 +319,7 @@ func (n *Node) backoff(attempt int, err error) time.Duration {
 	d := time.Duration(rand.Int64N(int64(ceiling) + 1))
 	var e *Error
 	if errors.As(err, &e) && e.RetryAfter > d {
-		d = min(e.RetryAfter, 10*n.retryMax)
+		d = min(e.RetryAfter, time.Hour)
 	}
 	return d
 }
@@ -448,7 +448,7 @@ func (n *Node) exchange(ctx context.Context, op string, c *Connection, o Op, bod
 	if err != nil {
 		return err
 	}
-	if _, err := verifyMessage(n.messages, op, resp.Auth, resp.Body, n.clock.Now(), "", o, nonce, pinnedKey(op, c.RemoteKey)); err != nil {
+	if _, err := verifyMessage(n.messages, op, resp.Auth, resp.Body, "", n.clock.Now(), "", o, nonce, pinnedKey(op, c.RemoteKey)); err != nil {
 		return err
 	}
 	if reply == nil {

@@ -22,3 +22,21 @@ func SignResponse(priv ed25519.PrivateKey, instance string, op Op, reqAuth strin
 	}
 	return auth
 }
+
+// SignRequest signs a request from node n as n would, for any connection
+// and body the test chooses.
+func SignRequest(n *Node, endpoint string, op Op, sub string, body []byte) *Request {
+	ks := n.keys.Load()
+	nonce, err := randomToken(n.rand)
+	if err != nil {
+		panic(err)
+	}
+	auth, err := signedMessage(ks.current, ks.instance, endpoint, op, sub, body, n.clock.Now(), nonce, "")
+	if err != nil {
+		panic(err)
+	}
+	return &Request{Op: op, Auth: auth, Body: body}
+}
+
+// Backoff exposes the node's retry delay.
+func Backoff(n *Node, attempt int, err error) time.Duration { return n.backoff(attempt, err) }

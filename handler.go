@@ -55,7 +55,7 @@ func (n *Node) Handle(ctx context.Context, req *Request) (*Response, error) {
 func (n *Node) authenticate(ctx context.Context, op string, req *Request) (*Connection, *requestClaims, error) {
 	now := n.clock.Now()
 	var c *Connection
-	claims, err := verifyMessage(n.messages, op, req.Auth, req.Body, now, n.endpoint, req.Op, "", func(kid string, cl jwt.Claims) (ed25519.PublicKey, error) {
+	claims, err := verifyMessage(n.messages, op, req.Auth, req.Body, req.Target, now, n.endpoint, req.Op, "", func(kid string, cl jwt.Claims) (ed25519.PublicKey, error) {
 		sub, _ := cl.GetSubject()
 		if checkID("sub", sub) != nil {
 			return nil, refused(op)
@@ -150,7 +150,7 @@ func (n *Node) handlePoll(ctx context.Context, req *Request) (*Response, error) 
 		ids[i], conns[i] = pc.ID, c
 	}
 	now := n.clock.Now()
-	claims, err := verifyMessage(n.messages, op, req.Auth, req.Body, now, n.endpoint, OpPoll, "", pinnedKey(op, conns[0].RemoteKey))
+	claims, err := verifyMessage(n.messages, op, req.Auth, req.Body, req.Target, now, n.endpoint, OpPoll, "", pinnedKey(op, conns[0].RemoteKey))
 	if err != nil {
 		return nil, refused(op)
 	}
@@ -285,7 +285,7 @@ func (n *Node) handleAccept(ctx context.Context, req *Request) (*Response, error
 		return nil, refused(op)
 	}
 	now := n.clock.Now()
-	claims, err := verifyMessage(n.messages, op, req.Auth, req.Body, now, n.endpoint, OpAccept, "", pinnedKey(op, key))
+	claims, err := verifyMessage(n.messages, op, req.Auth, req.Body, req.Target, now, n.endpoint, OpAccept, "", pinnedKey(op, key))
 	if err != nil || claims.Issuer != body.Instance {
 		return nil, refused(op)
 	}

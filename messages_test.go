@@ -448,11 +448,108 @@ func TestRunLeavesNoGoroutine(t *testing.T) {
 	sendAll(t, alpha, aid, "a", 10)
 	bin.waitFor(t, 10)
 	stop()
+	// Run has waited for its goroutines; one may still be on its way out of
+	// its last deferred call, so look again briefly before failing.
+	var left string
+	for range 100 {
+		left = tetherGoroutines()
+		if left == "" {
+			return
+		}
+		runtime.Gosched()
+		time.Sleep(time.Millisecond)
+	}
+	t.Fatalf("a goroutine outlived Run:\n%s", left)
+}
+
+func tetherGoroutines() string {
 	buf := make([]byte, 1<<20)
 	stacks := string(buf[:runtime.Stack(buf, true)])
 	for _, g := range strings.Split(stacks, "\n\n") {
 		if strings.Contains(g, "tether.(*Node)") || strings.Contains(g, "tether.(*runner)") {
-			t.Fatalf("a goroutine outlived Run:\n%s", g)
+			return g
+		}
+	}
+	return ""
+}
+
+// SECURITY.md 17: a request signed by the peer of connection A but
+// addressed to connection B, to a connection that does not exist, or
+// signed by a key nobody pinned, is refused, and the answers are the same.
+func TestRequestsForOtherConnectionsRefused(t *testing.T) {
+	w := newWorld(t)
+	ain := newInbox()
+	alpha := w.node("alpha", alphaURL, withReceiver(ain))
+	beta, gamma := w.node("beta", ""), w.node("gamma", "")
+	_, bid := connect(t, alpha, beta, "")
+	agid, _ := connect(t, alpha, gamma, "")
+	abid := beta.get(t, bid).RemoteConnection
+	ctx := context.Background()
+	push := []byte(`{"messages":[{"seq":1,"payload":"aGk="}]}`)
+	poll := func(ids ...string) []byte {
+		var parts []string
+		for _, id := range ids {
+			parts = append(parts, fmt.Sprintf(`{"id":%q,"cursor":0}`, id))
+		}
+		return []byte(`{"wait_ms":0,"connections":[` + strings.Join(parts, ",") + `]}`)
+	}
+	mallory := w.node("mallory", "")
+	var answers []string
+	for _, req := range map[string]*tether.Request{
+		"push addressed to another connection":     tether.SignRequest(beta.Node, alphaURL, tether.OpPush, agid, push),
+		"push to a connection that does not exist": tether.SignRequest(beta.Node, alphaURL, tether.OpPush, "conn_00000000000000000000000009", push),
+		"push signed by a key nobody pinned":       tether.SignRequest(mallory.Node, alphaURL, tether.OpPush, abid, push),
+		"poll naming another connection":           tether.SignRequest(beta.Node, alphaURL, tether.OpPoll, "", poll(abid, agid)),
+		"poll naming only another connection":      tether.SignRequest(beta.Node, alphaURL, tether.OpPoll, "", poll(agid)),
+		"poll naming no such connection":           tether.SignRequest(beta.Node, alphaURL, tether.OpPoll, "", poll("conn_00000000000000000000000009")),
+		"close of another connection":              tether.SignRequest(beta.Node, alphaURL, tether.OpClose, agid, []byte("{}")),
+	} {
+		_, err := alpha.Handle(ctx, req)
+		wantCode(t, err, tether.CodeUnauthenticated)
+		answers = append(answers, err.Error())
+	}
+	for _, a := range answers {
+		// The op differs between push, poll and close; the rest may not.
+		if op, ok := strings.CutSuffix(a, ": request refused"); !ok || !strings.HasPrefix(op, "tether: handle ") || strings.Contains(op[len("tether: handle "):], " ") {
+			t.Fatalf("answer %q reveals more than a refusal", a)
+		}
+	}
+	if ain.count() != 0 {
+		t.Fatal("a refused request delivered a message")
+	}
+	if got := alpha.get(t, agid).Status; got != tether.StatusActive {
+		t.Fatalf("gamma's connection is %s after beta's close request", got)
+	}
+	// The same request addressed correctly goes through.
+	if _, err := alpha.Handle(ctx, tether.SignRequest(beta.Node, alphaURL, tether.OpPush, abid, push)); err != nil {
+		t.Fatalf("a correct request: %v", err)
+	}
+}
+
+// SECURITY.md 25: backoff has jitter and never undercuts Retry-After.
+func TestBackoff(t *testing.T) {
+	w := newWorld(t)
+	n := w.node("alpha", alphaURL, func(c *tether.Config) { c.RetryBase, c.RetryMax = 100*time.Millisecond, 10*time.Second })
+	seen := map[time.Duration]bool{}
+	lo, hi := time.Hour, time.Duration(0)
+	for range 1000 {
+		d := tether.Backoff(n.Node, 3, errors.New("x"))
+		seen[d] = true
+		lo, hi = min(lo, d), max(hi, d)
+		if d < 0 || d > 800*time.Millisecond {
+			t.Fatalf("attempt 3 waited %v, want within [0, 800ms]", d)
+		}
+	}
+	if len(seen) < 900 || lo > 100*time.Millisecond || hi < 700*time.Millisecond {
+		t.Fatalf("no full jitter: %d distinct delays in [%v, %v]", len(seen), lo, hi)
+	}
+	if d := tether.Backoff(n.Node, 40, nil); d > 10*time.Second {
+		t.Fatalf("attempt 40 waited %v, more than RetryMax", d)
+	}
+	busy := &tether.Error{Code: tether.CodeUnavailable, RetryAfter: 30 * time.Second}
+	for range 100 {
+		if d := tether.Backoff(n.Node, 0, busy); d < 30*time.Second {
+			t.Fatalf("waited %v, less than the Retry-After of 30s", d)
 		}
 	}
 }

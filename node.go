@@ -443,7 +443,7 @@ func (n *Node) presentInvitation(ctx context.Context, op, code string, inv *Invi
 		return nil, err
 	}
 	var reply peerReply
-	if _, err := verifyMessage(n.messages, op, resp.Auth, resp.Body, n.clock.Now(), "", OpAccept, nonce, pinnedKey(op, inv.Key)); err != nil {
+	if _, err := verifyMessage(n.messages, op, resp.Auth, resp.Body, "", n.clock.Now(), "", OpAccept, nonce, pinnedKey(op, inv.Key)); err != nil {
 		if ErrorCode(err) == CodeKeyMismatch {
 			return nil, &Error{Code: CodeKeyMismatch, Op: op, Message: "the initiator answered with a key other than the one its invitation pinned: acceptance aborted"}
 		}
@@ -759,7 +759,7 @@ func (n *Node) askStatus(ctx context.Context, c *Connection) (*verifiedReply, er
 	if !ok {
 		return nil, &Error{Code: CodeProtocol, Op: op, Message: "the destination's answer has no valid key"}
 	}
-	if _, err := verifyMessage(n.messages, op, resp.Auth, resp.Body, n.clock.Now(), "", OpStatus, nonce, pinnedKey(op, pub)); err != nil {
+	if _, err := verifyMessage(n.messages, op, resp.Auth, resp.Body, "", n.clock.Now(), "", OpStatus, nonce, pinnedKey(op, pub)); err != nil {
 		return nil, err
 	}
 	switch {

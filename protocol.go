@@ -7,6 +7,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"io"
+	"net/url"
 	"sync"
 	"time"
 
@@ -59,7 +60,7 @@ func signedMessage(key InstanceKey, instance, aud string, op Op, conn string, bo
 // empty for responses), the body digest, the time window and, for
 // responses, that it answers the request with nonce irt and op. It does not
 // check the nonce for replay.
-func verifyMessage(jp *jwsParser, op string, auth string, body []byte, now time.Time, aud string, wantOp Op, irt string, lookup keyLookup) (*requestClaims, error) {
+func verifyMessage(jp *jwsParser, op string, auth string, body []byte, target string, now time.Time, aud string, wantOp Op, irt string, lookup keyLookup) (*requestClaims, error) {
 	if len(auth) > 4<<10 {
 		return nil, &Error{Code: CodeUnauthenticated, Op: op, Message: "request token is too long"}
 	}
@@ -76,6 +77,9 @@ func verifyMessage(jp *jwsParser, op string, auth string, body []byte, now time.
 	if c.Op != wantOp || c.InReplyTo != irt || c.Audience != aud {
 		return unauth("token was made for another operation or endpoint")
 	}
+	if target != "" && target != targetPath(aud, wantOp) {
+		return unauth("request was sent to another address than it was signed for")
+	}
 	if subtle.ConstantTimeCompare([]byte(c.BodyHash), []byte(bodyHash(body))) != 1 {
 		return unauth("body does not match its signature")
 	}
@@ -89,6 +93,16 @@ func verifyMessage(jp *jwsParser, op string, auth string, body []byte, now time.
 		return unauth("token has no valid nonce")
 	}
 	return &c, nil
+}
+
+// targetPath is the path (with no query) a request for operation o signed
+// for endpoint must arrive at.
+func targetPath(endpoint string, o Op) string {
+	u, err := url.Parse(OpURL(endpoint, o))
+	if err != nil {
+		return "\x00" // matches no target
+	}
+	return u.EscapedPath()
 }
 
 // pinnedKey returns a key lookup that accepts only key, pinned earlier.

@@ -1,6 +1,9 @@
 package tether
 
-import "context"
+import (
+	"context"
+	"strings"
+)
 
 // Op names a request one instance makes of another.
 type Op string
@@ -26,6 +29,19 @@ type Request struct {
 	Op   Op
 	Auth string
 	Body []byte
+	// Target is, for transports with addresses, the request target the
+	// server received (for HTTP the path and query of the request line,
+	// before any prefix stripping). When set, it must be the path of
+	// OpURL(endpoint, Op) for the endpoint the request was signed for, or
+	// the request is refused. Empty when the transport has no such notion.
+	Target string
+}
+
+// OpURL is the URL of operation o at an instance's endpoint: the endpoint
+// followed by /v1/ and the operation name. Transports that address
+// operations by URL use it; the signed request covers it.
+func OpURL(endpoint string, o Op) string {
+	return strings.TrimSuffix(endpoint, "/") + "/v1/" + string(o)
 }
 
 // Response answers a Request. Auth is a signed token bound to the request's

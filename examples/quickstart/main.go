@@ -1,61 +1,157 @@
-// Command quickstart runs two tether instances in one process and walks
-// through a connection's life: a public instance ("support") invites a
-// private one ("engineering", behind a firewall, so the invitation says "I
-// don't have a URL"), the partner previews and accepts the code, both turn
-// Active, then the connection is paused, activated and deleted, and its
-// history is printed.
+// Command quickstart runs two tether instances in one process, talking over
+// real HTTP on loopback, and walks through a connection's life:
 //
-// The two instances talk over tethertest's in-memory network, which
-// implements the same tether.Transport interface as the HTTP transport.
+//   - "support" is public: it serves tether's HTTP handler.
+//   - "engineering" is private, as if behind a firewall: it never listens,
+//     it only makes outgoing requests. Support's invitation therefore says
+//     "I don't have a URL" for the destination.
+//
+// Engineering previews and accepts the code, both turn Active, they
+// exchange messages both ways (engineering receives support's messages
+// through a long-poll it holds open), the connection is paused, activated
+// and deleted, and its history is printed.
 //
 //	go run ./examples/quickstart
 package main
 
 import (
 	"context"
+	"encoding/binary"
+	"errors"
 	"fmt"
 	"io"
 	"log"
+	"net"
+	"net/http"
 	"os"
+	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/tetherkit/tether"
+	"github.com/tetherkit/tether/httptransport"
 	"github.com/tetherkit/tether/memstore"
-	"github.com/tetherkit/tether/tethertest"
 )
 
 func main() {
-	if err := run(context.Background(), os.Stdout); err != nil {
+	if err := run(context.Background(), os.Stdout, 200, 2000); err != nil {
 		log.Fatal(err)
 	}
 }
 
-func run(ctx context.Context, out io.Writer) error {
-	network := tethertest.NewNetwork()
+// collector is a Receiver that counts messages and the latency each saw
+// (the send time travels in the first 8 bytes of the payload).
+type collector struct {
+	mu        sync.Mutex
+	latencies []time.Duration
+	want      int
+	done      chan struct{} // closed when want messages arrived
+	arrived   chan struct{} // closed and replaced at every message
+}
 
-	// The public instance: reachable at its Endpoint.
+func newCollector() *collector {
+	return &collector{done: make(chan struct{}), arrived: make(chan struct{})}
+}
+
+func (c *collector) expect(n int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.want = n
+	c.done = make(chan struct{})
+	c.latencies = c.latencies[:0]
+}
+
+func (c *collector) Receive(_ context.Context, m tether.Message) error {
+	sent := time.Unix(0, int64(binary.BigEndian.Uint64(m.Payload)))
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.latencies = append(c.latencies, time.Since(sent))
+	if len(c.latencies) == c.want {
+		close(c.done)
+	}
+	close(c.arrived)
+	c.arrived = make(chan struct{})
+	return nil
+}
+
+func (c *collector) wait(ctx context.Context) error {
+	c.mu.Lock()
+	done := c.done
+	c.mu.Unlock()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return errors.New("messages did not all arrive in time")
+	}
+}
+
+func (c *collector) summary() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	l := slices.Clone(c.latencies)
+	slices.Sort(l)
+	pct := func(p int) time.Duration { return l[(len(l)-1)*p/100].Round(10 * time.Microsecond) }
+	return fmt.Sprintf("%d delivered, latency p50 %v, p99 %v, max %v", len(l), pct(50), pct(99), pct(100))
+}
+
+func payload(text string) []byte {
+	b := binary.BigEndian.AppendUint64(nil, uint64(time.Now().UnixNano()))
+	return append(b, text...)
+}
+
+// run walks through the demonstration: one-by-one messages measure the
+// latency on an idle connection, a burst measures how fast a batch flows.
+func run(ctx context.Context, out io.Writer, oneByOne, burst int) error {
+	ctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	defer wg.Wait() // every Run has returned before run does
+	defer cancel()
+
+	// Loopback HTTP is plain http on 127.0.0.1: allowed by the development
+	// URL policy only. Production endpoints are https.
+	policy := tether.DevelopmentURLPolicy()
+
+	// The public instance: an HTTP server with tether's handler under /tether/.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	supportIn, supportStore := newCollector(), memstore.New()
 	support, err := tether.Open(ctx, tether.Config{
-		Store:     memstore.New(),
-		Transport: network.Transport("support"),
-		Endpoint:  "https://support.example.com/tether",
+		Store:     supportStore,
+		Endpoint:  "http://" + ln.Addr().String() + "/tether",
+		URLPolicy: policy,
+		Transport: httptransport.NewClient(httptransport.ClientConfig{URLPolicy: policy}),
+		Receiver:  supportIn,
 	})
 	if err != nil {
 		return err
 	}
-	stop := network.Listen(support.Endpoint(), support)
-	defer stop()
+	mux := http.NewServeMux()
+	mux.Handle("/tether/", httptransport.NewHandler(support, httptransport.HandlerConfig{}))
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go srv.Serve(ln)
+	defer srv.Close()
 
-	// The private instance: no Endpoint, it only makes outgoing requests.
+	// The private instance: no Endpoint, no server.
+	engIn := newCollector()
 	engineering, err := tether.Open(ctx, tether.Config{
 		Store:     memstore.New(),
-		Transport: network.Transport("engineering"),
+		URLPolicy: policy,
+		Transport: httptransport.NewClient(httptransport.ClientConfig{URLPolicy: policy}),
+		Receiver:  engIn,
 	})
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(out, "support     instance %s (public at %s)\n", support.ID(), support.Endpoint())
-	fmt.Fprintf(out, "engineering instance %s (private)\n\n", engineering.ID())
+	for _, n := range []*tether.Node{support, engineering} {
+		wg.Add(1)
+		go func() { defer wg.Done(); _ = n.Run(ctx) }()
+	}
+	fmt.Fprintf(out, "support     %s  public at %s\n", support.ID(), support.Endpoint())
+	fmt.Fprintf(out, "engineering %s  private: makes outgoing requests only\n\n", engineering.ID())
 
 	// 1. Support initiates. Destination "" means "I don't have a URL".
 	conn, code, err := support.Initiate(ctx, tether.InitiateRequest{
@@ -84,57 +180,118 @@ func run(ctx context.Context, out io.Writer) error {
 	fmt.Fprintf(out, "   expires %s; initiator private: %v, destination private: %v\n\n",
 		inv.ExpiresAt.Format(time.RFC1123), inv.InitiatorPrivate(), inv.DestinationPrivate())
 
-	// 3. Engineering accepts: it calls support, which alone is reachable.
+	// 3. Engineering accepts: it calls support over HTTP.
+	start := time.Now()
 	accepted, err := engineering.Accept(ctx, code, tether.AcceptOptions{Owner: "eng-team"})
 	if err != nil {
 		return err
 	}
-	conn, err = support.Get(ctx, conn.ID)
+	handshake := time.Since(start)
+	if conn, err = support.Get(ctx, conn.ID); err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "3. engineering accepted in %v:\n", handshake.Round(10*time.Microsecond))
+	fmt.Fprintf(out, "   support     %s: %s, connected to %s\n", conn.ID, conn.Status, conn.RemoteName)
+	fmt.Fprintf(out, "   engineering %s: %s, connected to %s\n", accepted.ID, accepted.Status, accepted.RemoteName)
+	if _, err := engineering.Accept(ctx, code, tether.AcceptOptions{}); err != nil {
+		fmt.Fprintf(out, "   accepting the same code again: %v\n", err)
+	}
+
+	// 4. Messages both ways. Engineering receives through its long-poll.
+	waitCtx, waitCancel := context.WithTimeout(ctx, 60*time.Second)
+	defer waitCancel()
+	fmt.Fprintf(out, "\n4. %d messages each way, each sent when the previous one arrived:\n", oneByOne)
+	engIn.expect(oneByOne)
+	supportIn.expect(oneByOne)
+	for i := range oneByOne {
+		if err := sendAndWait(waitCtx, support, conn.ID, engIn, i+1, "ticket escalated"); err != nil {
+			return err
+		}
+		if err := sendAndWait(waitCtx, engineering, accepted.ID, supportIn, i+1, "ticket answered"); err != nil {
+			return err
+		}
+	}
+	fmt.Fprintf(out, "   support -> engineering (long-poll): %s\n", engIn.summary())
+	fmt.Fprintf(out, "   engineering -> support (push):      %s\n", supportIn.summary())
+
+	fmt.Fprintf(out, "   then %d each way at once:\n", burst)
+	engIn.expect(burst)
+	supportIn.expect(burst)
+	start = time.Now()
+	for i := range burst {
+		if _, err := support.Send(ctx, conn.ID, payload(fmt.Sprintf("update %d", i))); err != nil {
+			return err
+		}
+		if _, err := engineering.Send(ctx, accepted.ID, payload(fmt.Sprintf("reply %d", i))); err != nil {
+			return err
+		}
+	}
+	if err := engIn.wait(waitCtx); err != nil {
+		return err
+	}
+	if err := supportIn.wait(waitCtx); err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "   %d messages delivered in %v\n", 2*burst, time.Since(start).Round(time.Millisecond))
+	lastSeq := int64(oneByOne + burst)
+
+	// 5. Lifecycle, recorded with the acting user.
+	admin := tether.WithActor(ctx, "admin@support")
+	fmt.Fprintln(out, "\n5. lifecycle on the support side:")
+	if _, err := support.Pause(admin, conn.ID); err != nil {
+		return err
+	}
+	fmt.Fprintln(out, "   pause    -> paused")
+	engIn.expect(1)
+	if _, err := support.Send(ctx, conn.ID, payload("sent while paused")); err != nil {
+		return err
+	}
+	queued, err := supportStore.ListOutbox(ctx, conn.ID, lastSeq, 0)
 	if err != nil {
 		return err
 	}
-	fmt.Fprintln(out, "3. engineering accepted:")
-	fmt.Fprintf(out, "   support     %s: %s, connected to %s\n", conn.ID, conn.Status, conn.RemoteName)
-	fmt.Fprintf(out, "   engineering %s: %s, connected to %s\n", accepted.ID, accepted.Status, accepted.RemoteName)
-	fmt.Fprintf(out, "   engineering made %d request(s); support answered %d; engineering received none: it is private\n\n",
-		network.Sent("engineering"), network.Served()[support.Endpoint()])
-
-	// A code works once.
-	if _, err := engineering.Accept(ctx, code, tether.AcceptOptions{}); err != nil {
-		fmt.Fprintf(out, "   accepting the same code again: %v\n\n", err)
+	fmt.Fprintf(out, "   a message sent while paused waits in the outbox: %d queued\n", len(queued))
+	if _, err := support.Activate(admin, conn.ID); err != nil {
+		return err
 	}
-
-	// 4. Lifecycle, recorded with the acting user.
-	admin := tether.WithActor(ctx, "admin@support")
-	fmt.Fprintln(out, "4. lifecycle on the support side:")
-	for _, step := range []struct {
-		name string
-		call func(context.Context, string) (*tether.Connection, error)
-	}{
-		{"pause", support.Pause},
-		{"activate", support.Activate},
-		{"delete", support.Delete},
-	} {
-		c, err := step.call(admin, conn.ID)
-		if err != nil {
-			return err
-		}
-		fmt.Fprintf(out, "   %-8s -> %s\n", step.name, c.Status)
+	if err := engIn.wait(waitCtx); err != nil {
+		return err
 	}
+	fmt.Fprintln(out, "   activate -> active, and the queued message arrived")
+	if _, err := support.Delete(admin, conn.ID); err != nil {
+		return err
+	}
+	fmt.Fprintln(out, "   delete   -> deleted")
 	if _, err := support.Activate(admin, conn.ID); err != nil {
 		fmt.Fprintf(out, "   activate -> refused: %v\n", err)
 	}
 
-	// 5. The history survives deletion.
+	// 6. The history survives deletion.
 	events, err := support.Events(ctx, conn.ID, 0, 0)
 	if err != nil {
 		return err
 	}
-	fmt.Fprintln(out, "\n5. history of the deleted connection:")
+	fmt.Fprintln(out, "\n6. history of the deleted connection:")
 	for _, e := range events {
 		fmt.Fprintf(out, "   %s  %-9s by %-14s %s\n", e.Time.Format("15:04:05.000"), e.Type, e.Actor, e.Detail)
 	}
 	return nil
+}
+
+// sendAndWait sends one message and waits until the other side has it.
+func sendAndWait(ctx context.Context, from *tether.Node, id string, to *collector, n int, text string) error {
+	to.mu.Lock()
+	arrived := to.arrived
+	to.mu.Unlock()
+	if _, err := from.Send(ctx, id, payload(text)); err != nil {
+		return err
+	}
+	select {
+	case <-arrived:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("message %d did not arrive in time", n)
+	}
 }
 
 // wrap breaks s into lines of width characters, each indented.

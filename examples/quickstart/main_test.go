@@ -9,7 +9,7 @@ import (
 
 func TestQuickstart(t *testing.T) {
 	var out bytes.Buffer
-	if err := run(context.Background(), &out); err != nil {
+	if err := run(context.Background(), &out, 20, 300); err != nil {
 		t.Fatalf("run: %v\n%s", err, out.String())
 	}
 	for _, want := range []string{
@@ -19,10 +19,13 @@ func TestQuickstart(t *testing.T) {
 		"initiator private: false, destination private: true",
 		"active, connected to Engineering",
 		"active, connected to Support",
-		"engineering received none",
 		"already accepted",
+		"support -> engineering (long-poll): 20 delivered",
+		"engineering -> support (push):      20 delivered",
+		"600 messages delivered",
 		"pause    -> paused",
-		"activate -> active",
+		"1 queued",
+		"activate -> active, and the queued message arrived",
 		"delete   -> deleted",
 		"activate -> refused",
 		"deleted   by admin@support",

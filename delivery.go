@@ -531,6 +531,7 @@ func (n *Node) pollOnce(ctx context.Context, p *puller) error {
 		}
 		return err
 	}
+	var failed error // a Receiver error: the poll succeeded, but retry with backoff
 	for _, b := range reply.Connections {
 		c, ok := local[b.ID]
 		if !ok {
@@ -551,6 +552,9 @@ func (n *Node) pollOnce(ctx context.Context, p *puller) error {
 		}
 		if _, err := n.deliver(ctx, c.ID, msgs); err != nil {
 			n.healthFail(ctx, c.ID, err, true)
+			if failed == nil {
+				failed = err
+			}
 			continue
 		}
 		n.healthOK(ctx, c.ID)
@@ -558,7 +562,7 @@ func (n *Node) pollOnce(ctx context.Context, p *puller) error {
 	for _, c := range local {
 		n.healthOK(ctx, c.ID)
 	}
-	return nil
+	return failed
 }
 
 // deliver hands msgs (ascending Seq) to the Receiver in order, skipping

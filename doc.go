@@ -48,6 +48,21 @@
 // Requests between instances are signed with the instances' keys, carry a
 // timestamp (±5 minutes) and a nonce (replays are refused).
 //
+// # Messages
+//
+// Node.Send stores a message in the connection's outbox with the next
+// sequence number before it returns. Node.Run delivers it: by POSTing
+// batches to a public peer (push), or, when the peer is private, by
+// answering the long-poll the private side holds open at this side (pull).
+// A private side keeps one long-poll per public endpoint, carrying all its
+// connections there; each poll carries its inbox cursors, which
+// acknowledge what came before. A message leaves the outbox only when the
+// peer acknowledged it, so delivery is at least once and in order per
+// connection; the receiving node records the last sequence its Receiver
+// accepted and hands every message to the Receiver once. Failures back off
+// with full jitter and honour Retry-After; each connection's Health shows
+// the last contact, the last error and the consecutive failures.
+//
 // # Lifecycle
 //
 // Every status change goes through one transition table, Next; a move it
@@ -58,8 +73,9 @@
 //	   |                  |   \--auth lost--> Inactive --reauthorize--> Active
 //	   |--expire/revoke-> Deleted <--delete-- (any but Deleted)
 //
-// Paused connections keep their queue; Deleted ones stay readable with
-// their history. The configuration mode (Basic, Visual, Script) is fixed at
+// Paused connections keep their queue on both sides (the peer is answered
+// "paused, retry later") and resume where they stopped; Deleted ones stay
+// readable with their history, and the peer is told and stops. The configuration mode (Basic, Visual, Script) is fixed at
 // creation. Every change appends an Event to the connection's history, in
 // the same atomic step.
 //
@@ -72,15 +88,19 @@
 //
 //	node, err := tether.Open(ctx, tether.Config{
 //		Store:     memstore.New(),
-//		Transport: transport,
+//		Transport: httptransport.NewClient(httptransport.ClientConfig{}),
 //		Endpoint:  "https://support.example.com/tether",
+//		Receiver:  receiver, // gets the messages that arrive
 //	})
+//	mux.Handle("/tether/", httptransport.NewHandler(node, httptransport.HandlerConfig{}))
+//	go node.Run(ctx) // delivery; ends when ctx ends
 //	conn, code, err := node.Initiate(ctx, tether.InitiateRequest{
 //		Mode: tether.ModeBasic, LocalName: "Support", RemoteName: "Engineering",
 //		Name: "Support to Engineering",
 //	})
 //	// show code to the user; on the other side:
 //	conn, err = other.Accept(ctx, code, tether.AcceptOptions{})
+//	seq, err := other.Send(ctx, conn.ID, []byte(`{"ticket":42}`))
 //
 // Errors are *Error values with a stable Code; ErrorCode extracts it and the
 // Err* sentinels work with errors.Is. No error or log line contains an

@@ -732,3 +732,54 @@ func childPublic() {
 	fmt.Println("CODE " + code)
 	_, _ = io.Copy(io.Discard, os.Stdin)
 }
+
+// A private side keeps one long-poll per public endpoint, carrying all of
+// its connections there.
+func TestOneLongPollPerEndpoint(t *testing.T) {
+	alpha, beta := newInst(t, true, func(c *tether.Config) { c.PollWait = time.Second }), newInst(t, false)
+	var ids []string
+	for range 3 {
+		aid, _ := connect(t, alpha, beta)
+		ids = append(ids, aid)
+	}
+	real := *alpha.handle.Load()
+	var inFlight, most atomic.Int32
+	var mu sync.Mutex
+	largest := 0
+	var h http.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.HasSuffix(r.URL.Path, "/v1/poll") {
+			body, _ := io.ReadAll(r.Body)
+			r.Body = io.NopCloser(bytes.NewReader(body))
+			var req struct {
+				Connections []json.RawMessage `json:"connections"`
+			}
+			_ = json.Unmarshal(body, &req)
+			mu.Lock()
+			largest = max(largest, len(req.Connections))
+			mu.Unlock()
+			n := inFlight.Add(1)
+			for {
+				m := most.Load()
+				if n <= m || most.CompareAndSwap(m, n) {
+					break
+				}
+			}
+			defer inFlight.Add(-1)
+		}
+		real.ServeHTTP(w, r)
+	})
+	alpha.handle.Store(&h)
+	run(t, alpha, beta)
+	for i, id := range ids {
+		sendN(t, alpha, id, fmt.Sprint(i), 20)
+	}
+	beta.in.waitFor(t, 60)
+	if m := most.Load(); m != 1 {
+		t.Fatalf("%d polls were open at once, want 1", m)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if largest != 3 {
+		t.Fatalf("a poll carried at most %d connections, want all 3", largest)
+	}
+}

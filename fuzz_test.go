@@ -1,6 +1,7 @@
 package tether_test
 
 import (
+	"context"
 	"errors"
 	"os"
 	"path/filepath"
@@ -70,4 +71,34 @@ func TestFuzzCorpusHasValidCodes(t *testing.T) {
 			t.Fatalf("%s: %v", name, err)
 		}
 	}
+}
+
+// FuzzHandle feeds arbitrary requests to a node with live connections: it
+// never panics, never accepts an unsigned request, and fails only with
+// typed errors.
+func FuzzHandle(f *testing.F) {
+	for _, op := range []tether.Op{tether.OpAccept, tether.OpStatus, tether.OpPush, tether.OpPoll, tether.OpClose, tether.OpResume, "bogus"} {
+		f.Add(string(op), "", []byte(`{}`))
+		f.Add(string(op), "eyJhbGciOiJFZERTQSJ9.e30.AAAA", []byte(`{"messages":[{"seq":1,"payload":"aGk="}]}`))
+		f.Add(string(op), "a.b.c", []byte(`{"connections":[{"id":"conn_00000000000000000000000001","cursor":-1}]}`))
+		f.Add(string(op), "", []byte(`{"code":"tether_inv_x.y.z.AAAAAA","instance":"inst_00000000000000000000000001"}`))
+	}
+	w := newWorld(f)
+	alpha, beta := w.node("alpha", alphaURL), w.node("beta", "")
+	_, bid := connect(f, alpha, beta, "")
+	abid := beta.get(f, bid).RemoteConnection
+	f.Add(string(tether.OpPush), "", []byte(`{"messages":[{"seq":1,"payload":"aGk="}]}`))
+	f.Fuzz(func(t *testing.T, op, auth string, body []byte) {
+		resp, err := alpha.Handle(context.Background(), &tether.Request{Op: tether.Op(op), Auth: auth, Body: body})
+		if err == nil {
+			t.Fatalf("accepted an unsigned request (op %q): %+v", op, resp)
+		}
+		var e *tether.Error
+		if !errors.As(err, &e) || e.Code == tether.CodeInternal {
+			t.Fatalf("untyped or internal error: %v", err)
+		}
+		if c := alpha.get(t, abid); c.Status != tether.StatusActive {
+			t.Fatalf("a refused request changed the connection to %s", c.Status)
+		}
+	})
 }

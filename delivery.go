@@ -176,6 +176,13 @@ func (n *Node) Run(ctx context.Context) error {
 		n.pendingLoop(ctx)
 	}()
 	defer r.wg.Wait()
+	if w, ok := n.store.(OutboxWatcher); ok {
+		r.wg.Add(1)
+		go func() {
+			defer r.wg.Done()
+			n.watchOutbox(ctx, w)
+		}()
+	}
 	for {
 		r.refresh()
 		select {
@@ -183,6 +190,21 @@ func (n *Node) Run(ctx context.Context) error {
 			return ctx.Err()
 		case <-n.changed:
 		case <-n.clock.After(rescanInterval):
+		}
+	}
+}
+
+// watchOutbox turns a shared Store's notifications into wake-ups, and
+// restarts the watch with backoff when it fails.
+func (n *Node) watchOutbox(ctx context.Context, w OutboxWatcher) {
+	for attempt := 0; ctx.Err() == nil; attempt++ {
+		err := w.WatchOutbox(ctx, n.signal)
+		if ctx.Err() != nil {
+			return
+		}
+		n.log.WarnContext(ctx, "tether: watching the store for messages failed; polling meanwhile", "err", err)
+		if !n.sleep(ctx, n.backoff(attempt, err), nil) {
+			return
 		}
 	}
 }
@@ -346,6 +368,13 @@ func (n *Node) pushLoop(ctx context.Context, id string) {
 	w, cancel := n.subscribe(id)
 	defer cancel()
 	wake := w.ch
+	lease := "outbox/" + id
+	defer func() {
+		// Best effort: an unreleased lease ends by itself.
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
+		defer cancel()
+		_ = n.store.Release(rctx, lease, n.holder)
+	}()
 	attempt := 0
 	for ctx.Err() == nil {
 		c, err := n.store.GetConnection(ctx, id)
@@ -366,7 +395,18 @@ func (n *Node) pushLoop(ctx context.Context, id string) {
 			}
 			continue
 		}
-		msgs, err := n.store.ListOutbox(ctx, id, 0, n.batch)
+		now := n.clock.Now()
+		held, err := n.store.Lease(ctx, lease, n.holder, now, now.Add(n.leaseTTL))
+		if err == nil && !held { // another process is delivering this outbox
+			if !n.sleep(ctx, idleRecheck, wake) {
+				return
+			}
+			continue
+		}
+		var msgs []Message
+		if err == nil {
+			msgs, err = n.store.ListOutbox(ctx, id, 0, n.batch)
+		}
 		if err == nil && len(msgs) == 0 {
 			if !n.sleep(ctx, idleRecheck, wake) {
 				return
@@ -577,6 +617,7 @@ func (n *Node) deliver(ctx context.Context, id string, msgs []Message) (int64, e
 	if err != nil {
 		return 0, err
 	}
+	atomic, _ := n.store.(AtomicInbox)
 	for _, m := range msgs {
 		if m.Seq <= cursor {
 			continue
@@ -587,10 +628,30 @@ func (n *Node) deliver(ctx context.Context, id string, msgs []Message) (int64, e
 		if n.receiver == nil {
 			return cursor, &Error{Code: CodeUnavailable, Op: "tether: deliver", Message: "no receiver is configured"}
 		}
-		if err := n.receiver.Receive(ctx, m); err != nil {
-			return cursor, &Error{Code: CodeUnavailable, Op: "tether: deliver", Message: "the receiver failed", Err: err}
+		var failed error
+		receive := func(ctx context.Context) error {
+			if err := n.receiver.Receive(ctx, m); err != nil {
+				failed = &Error{Code: CodeUnavailable, Op: "tether: deliver", Message: "the receiver failed", Err: err}
+				return failed
+			}
+			return nil
 		}
-		if err := n.store.AdvanceInbox(ctx, id, cursor, m.Seq); err != nil {
+		var err error
+		if atomic != nil {
+			err = atomic.DeliverInbox(ctx, id, cursor, m.Seq, receive)
+		} else if err = receive(ctx); err == nil {
+			err = n.store.AdvanceInbox(ctx, id, cursor, m.Seq)
+		}
+		switch {
+		case failed != nil:
+			return cursor, failed
+		case ErrorCode(err) == CodeConflict:
+			// Another process delivered it: carry on from where it got.
+			if cursor, err = n.store.InboxCursor(ctx, id); err != nil {
+				return 0, err
+			}
+			continue
+		case err != nil:
 			return cursor, err
 		}
 		cursor = m.Seq

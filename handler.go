@@ -182,6 +182,8 @@ func (n *Node) handlePoll(ctx context.Context, req *Request) (*Response, error) 
 			select {
 			case <-w.ch:
 				continue
+			case <-n.recheck():
+				continue
 			case <-ctx.Done():
 				return nil, &Error{Code: CodeUnavailable, Op: op, Message: "poll abandoned", Err: ctx.Err()}
 			case <-deadline:

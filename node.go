@@ -72,6 +72,10 @@ type Config struct {
 	// BatchSize is the most messages one push, or one answer to a poll,
 	// carries (500 when zero, at most 1000).
 	BatchSize int
+	// LeaseTTL is how long a node may deliver a connection's outbox before
+	// it must renew its lease; a node that dies holding one delays that
+	// outbox by at most this long. Twice RequestTimeout when zero.
+	LeaseTTL time.Duration
 	// PausedRetry is the Retry-After this instance gives peers whose
 	// deliveries it refuses while a connection is paused (10 s when zero).
 	PausedRetry time.Duration
@@ -106,6 +110,9 @@ type Node struct {
 	retryMax    time.Duration
 	pausedRetry time.Duration
 	batch       int
+	leaseTTL    time.Duration
+	holder      string // this node's name in leases
+	shared      bool   // the Store is shared by processes: re-read it every second
 
 	wakeMu  sync.Mutex
 	wake    map[string]map[*waiter]struct{} // per connection: who waits for its outbox or status to change
@@ -152,6 +159,7 @@ func Open(ctx context.Context, cfg Config) (*Node, error) {
 		retryMax:    orDefault(cfg.RetryMax, 30*time.Second),
 		pausedRetry: orDefault(cfg.PausedRetry, 10*time.Second),
 		batch:       min(orDefault(cfg.BatchSize, 500), MaxOutboxPage),
+		leaseTTL:    orDefault(cfg.LeaseTTL, 2*orDefault(cfg.RequestTimeout, 30*time.Second)),
 		wake:        make(map[string]map[*waiter]struct{}),
 		changed:     make(chan struct{}, 1),
 	}
@@ -173,6 +181,12 @@ func Open(ctx context.Context, cfg Config) (*Node, error) {
 	if n.log == nil {
 		n.log = slog.New(slog.DiscardHandler)
 	}
+	holder, err := randomToken(n.rand)
+	if err != nil {
+		return nil, Wrap(CodeInternal, op, err)
+	}
+	n.holder = holder
+	_, n.shared = n.store.(OutboxWatcher)
 	inst, err := n.store.LoadInstance(ctx)
 	if ErrorCode(err) == CodeNotFound {
 		inst, err = newInstance(n.clock.Now(), n.rand)
@@ -198,6 +212,16 @@ func orDefault[T int | time.Duration](v, def T) T {
 		return def
 	}
 	return v
+}
+
+// recheck returns a channel that fires when a waiter should re-read the
+// Store even without a signal: every second when the Store is shared with
+// other processes, never otherwise.
+func (n *Node) recheck() <-chan time.Time {
+	if !n.shared {
+		return nil
+	}
+	return n.clock.After(idleRecheck)
 }
 
 // ID returns this instance's stable ID.

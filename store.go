@@ -88,14 +88,53 @@ type Store interface {
 	AckOutbox(ctx context.Context, connectionID string, upTo int64) error
 
 	// InboxCursor returns the Seq of the last message of a connection handed
-	// to the Receiver successfully; 0 when none was.
+	// to the Receiver successfully; 0 when none was. CodeNotFound when the
+	// connection does not exist.
 	InboxCursor(ctx context.Context, connectionID string) (int64, error)
 
 	// AdvanceInbox moves a connection's inbox cursor from from to to, only
 	// if it is at from (CodeConflict otherwise: another delivery moved it).
 	// to must be greater than from (CodeInvalid): the cursor never moves
-	// back.
+	// back. CodeNotFound when the connection does not exist.
 	AdvanceInbox(ctx context.Context, connectionID string, from, to int64) error
+
+	// Lease takes or renews the lease called name for holder until the time
+	// until, and reports whether holder has it: it does when nobody held
+	// it, when holder held it already, or when the previous holder's lease
+	// ended before now. Nodes sharing a Store use leases so that one
+	// connection's outbox is in flight on one of them at a time; a holder
+	// that dies loses its lease when it runs out.
+	Lease(ctx context.Context, name, holder string, now, until time.Time) (bool, error)
+
+	// Release ends holder's lease called name; it does nothing if holder
+	// does not hold it.
+	Release(ctx context.Context, name, holder string) error
+}
+
+// AtomicInbox is implemented by Stores that can run the Receiver and the
+// inbox cursor's advance in one transaction. A Node uses it when the Store
+// has it: fn runs with a context from which the Store's transaction can be
+// taken (for sqlstore, sqlstore.Tx), so a Receiver that writes its effects
+// through that transaction applies each message exactly once, even across
+// crashes, and deliveries to one connection are serialized across
+// processes.
+type AtomicInbox interface {
+	// DeliverInbox moves the cursor from from to to as AdvanceInbox does,
+	// in one transaction with fn: if fn fails, nothing is written and its
+	// error is returned; if the cursor is not at from, fn is not called and
+	// the error is CodeConflict.
+	DeliverInbox(ctx context.Context, connectionID string, from, to int64, fn func(ctx context.Context) error) error
+}
+
+// OutboxWatcher is implemented by Stores that several processes share. A
+// Node that runs on such a Store watches it, so that a message one process
+// stores wakes a long-poll another process holds, and also re-reads its
+// connections at least once a second in case a notification is lost.
+type OutboxWatcher interface {
+	// WatchOutbox calls fn with the connection ID of messages appended to
+	// any outbox, by any process, until ctx ends; it then returns ctx's
+	// error. Notifications are hints: some may be lost or repeated.
+	WatchOutbox(ctx context.Context, fn func(connectionID string)) error
 }
 
 // Outbox page limits for Store.ListOutbox.

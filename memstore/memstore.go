@@ -27,6 +27,12 @@ type Store struct {
 	sweep    time.Time            // next time used is swept of expired keys
 	outbox   map[string]*outbox
 	inbox    map[string]int64 // inbox cursors
+	leases   map[string]lease
+}
+
+type lease struct {
+	holder string
+	until  time.Time
 }
 
 type outbox struct {
@@ -44,6 +50,7 @@ func New() *Store {
 		used:   make(map[string]time.Time),
 		outbox: make(map[string]*outbox),
 		inbox:  make(map[string]int64),
+		leases: make(map[string]lease),
 	}
 }
 
@@ -320,6 +327,9 @@ func (s *Store) InboxCursor(ctx context.Context, connectionID string) (int64, er
 	}
 	s.mu.RLock()
 	defer s.mu.RUnlock()
+	if _, ok := s.conns[connectionID]; !ok {
+		return 0, &tether.Error{Code: tether.CodeNotFound, Op: "memstore: inbox cursor", Message: "no such connection"}
+	}
 	return s.inbox[connectionID], nil
 }
 
@@ -334,9 +344,39 @@ func (s *Store) AdvanceInbox(ctx context.Context, connectionID string, from, to 
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if _, ok := s.conns[connectionID]; !ok {
+		return &tether.Error{Code: tether.CodeNotFound, Op: op, Message: "no such connection"}
+	}
 	if s.inbox[connectionID] != from {
 		return &tether.Error{Code: tether.CodeConflict, Op: op, Message: "inbox cursor moved since it was read"}
 	}
 	s.inbox[connectionID] = to
+	return nil
+}
+
+// Lease implements tether.Store.
+func (s *Store) Lease(ctx context.Context, name, holder string, now, until time.Time) (bool, error) {
+	if err := ctx.Err(); err != nil {
+		return false, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if l, ok := s.leases[name]; ok && l.holder != holder && !l.until.Before(now) {
+		return false, nil
+	}
+	s.leases[name] = lease{holder: holder, until: until}
+	return true, nil
+}
+
+// Release implements tether.Store.
+func (s *Store) Release(ctx context.Context, name, holder string) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.leases[name].holder == holder {
+		delete(s.leases, name)
+	}
 	return nil
 }

@@ -51,6 +51,7 @@ func Run(t *testing.T, newStore NewStore) {
 		{"Outbox", testOutbox},
 		{"OutboxConcurrentAppend", testOutboxConcurrentAppend},
 		{"Inbox", testInbox},
+		{"Lease", testLease},
 		{"CanceledContext", testCanceledContext},
 	}
 	for _, tc := range tests {
@@ -869,7 +870,66 @@ func testInbox(t *testing.T, newStore NewStore) {
 	if won := winners(t, errs, tether.CodeConflict); len(won) != 1 {
 		t.Fatalf("%d concurrent advances from 5 succeeded, want 1", len(won))
 	}
+	mustCreate(t, s, NewConnection(2))
 	if c, _ := s.InboxCursor(ctx, ConnID(2)); c != 0 {
 		t.Fatalf("another connection's cursor is %d", c)
+	}
+	_, err := s.InboxCursor(ctx, ConnID(3))
+	wantCode(t, err, tether.CodeNotFound)
+	wantCode(t, s.AdvanceInbox(ctx, ConnID(3), 0, 1), tether.CodeNotFound)
+}
+
+func testLease(t *testing.T, newStore NewStore) {
+	ctx := context.Background()
+	s := newStore(t)
+	take := func(name, holder string, now time.Time) bool {
+		t.Helper()
+		ok, err := s.Lease(ctx, name, holder, now, now.Add(time.Minute))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ok
+	}
+	if !take("outbox/a", "r1", base) {
+		t.Fatal("a free lease was refused")
+	}
+	if take("outbox/a", "r2", base.Add(30*time.Second)) {
+		t.Fatal("a held lease was given to another holder")
+	}
+	if !take("outbox/a", "r1", base.Add(30*time.Second)) {
+		t.Fatal("the holder could not renew")
+	}
+	if !take("outbox/b", "r2", base) {
+		t.Fatal("leases of different names interfere")
+	}
+	// r1's renewed lease runs to base+90s; after it, r2 may take it.
+	if take("outbox/a", "r2", base.Add(89*time.Second)) {
+		t.Fatal("a renewed lease was lost before its end")
+	}
+	if !take("outbox/a", "r2", base.Add(91*time.Second)) {
+		t.Fatal("an expired lease was not handed over")
+	}
+	if err := s.Release(ctx, "outbox/a", "r1"); err != nil { // not r1's any more
+		t.Fatal(err)
+	}
+	if take("outbox/a", "r3", base.Add(92*time.Second)) {
+		t.Fatal("a release by a former holder freed the lease")
+	}
+	if err := s.Release(ctx, "outbox/a", "r2"); err != nil {
+		t.Fatal(err)
+	}
+	if !take("outbox/a", "r3", base.Add(92*time.Second)) {
+		t.Fatal("a released lease was not free")
+	}
+	// Of many contenders at once, one gets it.
+	errs := race(20, func(i int) error {
+		ok, err := s.Lease(ctx, "outbox/c", fmt.Sprint("r", i), base, base.Add(time.Minute))
+		if err == nil && !ok {
+			return &tether.Error{Code: tether.CodeConflict}
+		}
+		return err
+	})
+	if won := winners(t, errs, tether.CodeConflict); len(won) != 1 {
+		t.Fatalf("%d contenders got one lease", len(won))
 	}
 }

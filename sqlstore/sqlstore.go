@@ -94,11 +94,11 @@ func (s *Store) inTx(ctx context.Context, op string, fn func(*sql.Tx) error) err
 
 // queries are the statements in the dialect's placeholder style.
 type queries struct {
-	loadInstance, createInstance, updateInstance, instanceVersion                               string
+	loadInstance, createInstance, updateInstance, instanceVersion                                string
 	createConn, createOutboxSeq, createInbox, getConn, getConnForUpdate, updateConn, insertEvent string
-	useInvitation, listEvents, connExists                                                       string
-	appendOutbox, listOutbox, ackOutbox, inboxCursor, inboxForUpdate, advanceInbox              string
-	lease, release                                                                              string
+	useInvitation, listEvents, connExists                                                        string
+	appendOutbox, listOutbox, ackOutbox, inboxCursor, inboxForUpdate, advanceInbox               string
+	lease, release                                                                               string
 }
 
 func newQueries(d Dialect) queries {

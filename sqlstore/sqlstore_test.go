@@ -319,9 +319,15 @@ func TestNewRejects(t *testing.T) {
 	db, _ := openSQLite(t)
 	ctx := context.Background()
 	for name, f := range map[string]func() error{
-		"no db":      func() error { _, err := sqlstore.New(ctx, nil, sqlstore.SQLite, sqlstore.Config{Sealer: sealer(t, testKey(t))}); return err },
-		"no dialect": func() error { _, err := sqlstore.New(ctx, db, "mysql", sqlstore.Config{Sealer: sealer(t, testKey(t))}); return err },
-		"no sealer":  func() error { _, err := sqlstore.New(ctx, db, sqlstore.SQLite, sqlstore.Config{}); return err },
+		"no db": func() error {
+			_, err := sqlstore.New(ctx, nil, sqlstore.SQLite, sqlstore.Config{Sealer: sealer(t, testKey(t))})
+			return err
+		},
+		"no dialect": func() error {
+			_, err := sqlstore.New(ctx, db, "mysql", sqlstore.Config{Sealer: sealer(t, testKey(t))})
+			return err
+		},
+		"no sealer": func() error { _, err := sqlstore.New(ctx, db, sqlstore.SQLite, sqlstore.Config{}); return err },
 	} {
 		if err := f(); tether.ErrorCode(err) != tether.CodeInvalid {
 			t.Errorf("%s: %v", name, err)

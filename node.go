@@ -74,8 +74,16 @@ type Config struct {
 	BatchSize int
 	// LeaseTTL is how long a node may deliver a connection's outbox before
 	// it must renew its lease; a node that dies holding one delays that
-	// outbox by at most this long. Twice RequestTimeout when zero.
+	// outbox by at most this long, unless it comes back under the same
+	// Replica name. RequestTimeout when zero.
 	LeaseTTL time.Duration
+	// Replica names this process among those sharing the Store: a host
+	// name or pod name that stays the same across restarts. A process that
+	// restarts under the same name takes its leases back at once. Empty
+	// means a random name for each Open: leases of a process that crashed
+	// then run out after LeaseTTL. Two processes running at the same time
+	// must not share a name.
+	Replica string
 	// PausedRetry is the Retry-After this instance gives peers whose
 	// deliveries it refuses while a connection is paused (10 s when zero).
 	PausedRetry time.Duration
@@ -159,7 +167,7 @@ func Open(ctx context.Context, cfg Config) (*Node, error) {
 		retryMax:    orDefault(cfg.RetryMax, 30*time.Second),
 		pausedRetry: orDefault(cfg.PausedRetry, 10*time.Second),
 		batch:       min(orDefault(cfg.BatchSize, 500), MaxOutboxPage),
-		leaseTTL:    orDefault(cfg.LeaseTTL, 2*orDefault(cfg.RequestTimeout, 30*time.Second)),
+		leaseTTL:    orDefault(cfg.LeaseTTL, orDefault(cfg.RequestTimeout, 30*time.Second)),
 		wake:        make(map[string]map[*waiter]struct{}),
 		changed:     make(chan struct{}, 1),
 	}
@@ -181,11 +189,14 @@ func Open(ctx context.Context, cfg Config) (*Node, error) {
 	if n.log == nil {
 		n.log = slog.New(slog.DiscardHandler)
 	}
-	holder, err := randomToken(n.rand)
-	if err != nil {
-		return nil, Wrap(CodeInternal, op, err)
+	n.holder = cfg.Replica
+	if n.holder == "" {
+		holder, err := randomToken(n.rand)
+		if err != nil {
+			return nil, Wrap(CodeInternal, op, err)
+		}
+		n.holder = holder
 	}
-	n.holder = holder
 	_, n.shared = n.store.(OutboxWatcher)
 	inst, err := n.store.LoadInstance(ctx)
 	if ErrorCode(err) == CodeNotFound {

@@ -359,8 +359,21 @@ func (n *Node) sleep(ctx context.Context, d time.Duration, wake <-chan struct{})
 }
 
 // idleRecheck bounds how long a worker waits without a signal before it
-// looks at the Store again (a replica sharing it may have written).
+// looks at the Store again when other processes share it, or while another
+// process holds a lease it waits for.
 const idleRecheck = time.Second
+
+// idle waits for a signal, ctx's end, or, on a shared Store, the next
+// re-read; it reports whether ctx is still alive.
+func (n *Node) idle(ctx context.Context, wake <-chan struct{}) bool {
+	select {
+	case <-ctx.Done():
+		return false
+	case <-wake:
+	case <-n.recheck():
+	}
+	return ctx.Err() == nil
+}
 
 // pushLoop delivers one connection's outbox to its public peer until the
 // connection is deleted or ctx ends.
@@ -376,6 +389,7 @@ func (n *Node) pushLoop(ctx context.Context, id string) {
 		_ = n.store.Release(rctx, lease, n.holder)
 	}()
 	attempt := 0
+	var leaseUntil time.Time // when the lease this loop holds runs out
 	for ctx.Err() == nil {
 		c, err := n.store.GetConnection(ctx, id)
 		if err != nil {
@@ -390,25 +404,35 @@ func (n *Node) pushLoop(ctx context.Context, id string) {
 			return
 		case StatusActive:
 		default: // paused, inactive: keep the queue
-			if !n.sleep(ctx, idleRecheck, wake) {
+			if !n.idle(ctx, wake) {
 				return
 			}
 			continue
 		}
+		// Take the lease, or renew it once half of it has passed.
 		now := n.clock.Now()
-		held, err := n.store.Lease(ctx, lease, n.holder, now, now.Add(n.leaseTTL))
-		if err == nil && !held { // another process is delivering this outbox
-			if !n.sleep(ctx, idleRecheck, wake) {
-				return
+		if now.After(leaseUntil.Add(-n.leaseTTL / 2)) {
+			held, err := n.store.Lease(ctx, lease, n.holder, now, now.Add(n.leaseTTL))
+			if err == nil && !held { // another process is delivering this outbox
+				leaseUntil = time.Time{}
+				if !n.sleep(ctx, idleRecheck, wake) {
+					return
+				}
+				continue
 			}
-			continue
+			if err != nil {
+				n.healthFail(ctx, id, err, true)
+				if !n.sleep(ctx, n.backoff(attempt, err), nil) {
+					return
+				}
+				attempt++
+				continue
+			}
+			leaseUntil = now.Add(n.leaseTTL)
 		}
-		var msgs []Message
-		if err == nil {
-			msgs, err = n.store.ListOutbox(ctx, id, 0, n.batch)
-		}
+		msgs, err := n.store.ListOutbox(ctx, id, 0, n.batch)
 		if err == nil && len(msgs) == 0 {
-			if !n.sleep(ctx, idleRecheck, wake) {
+			if !n.idle(ctx, wake) {
 				return
 			}
 			continue
@@ -617,46 +641,65 @@ func (n *Node) deliver(ctx context.Context, id string, msgs []Message) (int64, e
 	if err != nil {
 		return 0, err
 	}
+	if n.receiver == nil {
+		return cursor, &Error{Code: CodeUnavailable, Op: "tether: deliver", Message: "no receiver is configured"}
+	}
+	var failed error
+	receive := func(ctx context.Context, m Message) error {
+		if err := n.receiver.Receive(ctx, m); err != nil {
+			failed = &Error{Code: CodeUnavailable, Op: "tether: deliver", Message: "the receiver failed", Err: err}
+			return failed
+		}
+		return nil
+	}
 	atomic, _ := n.store.(AtomicInbox)
-	for _, m := range msgs {
-		if m.Seq <= cursor {
-			continue
-		}
-		if m.Seq != cursor+1 {
-			break
-		}
-		if n.receiver == nil {
-			return cursor, &Error{Code: CodeUnavailable, Op: "tether: deliver", Message: "no receiver is configured"}
-		}
-		var failed error
-		receive := func(ctx context.Context) error {
-			if err := n.receiver.Receive(ctx, m); err != nil {
-				failed = &Error{Code: CodeUnavailable, Op: "tether: deliver", Message: "the receiver failed", Err: err}
-				return failed
-			}
-			return nil
+	for attempt := 0; ; attempt++ {
+		run := nextRun(msgs, cursor)
+		if len(run) == 0 {
+			return cursor, nil
 		}
 		var err error
 		if atomic != nil {
-			err = atomic.DeliverInbox(ctx, id, cursor, m.Seq, receive)
-		} else if err = receive(ctx); err == nil {
-			err = n.store.AdvanceInbox(ctx, id, cursor, m.Seq)
+			cursor, err = atomic.DeliverInbox(ctx, id, cursor, run, receive)
+		} else {
+			for _, m := range run {
+				if err = receive(ctx, m); err != nil {
+					break
+				}
+				if err = n.store.AdvanceInbox(ctx, id, cursor, m.Seq); err != nil {
+					break
+				}
+				cursor = m.Seq
+			}
 		}
 		switch {
 		case failed != nil:
 			return cursor, failed
-		case ErrorCode(err) == CodeConflict:
-			// Another process delivered it: carry on from where it got.
+		case ErrorCode(err) == CodeConflict && attempt < 3:
+			// Another process delivered some: carry on from where it got.
 			if cursor, err = n.store.InboxCursor(ctx, id); err != nil {
 				return 0, err
 			}
-			continue
 		case err != nil:
 			return cursor, err
+		default:
+			return cursor, nil
 		}
-		cursor = m.Seq
 	}
-	return cursor, nil
+}
+
+// nextRun returns the messages of msgs (ascending Seq) that follow cursor
+// without a gap.
+func nextRun(msgs []Message, cursor int64) []Message {
+	i := 0
+	for i < len(msgs) && msgs[i].Seq <= cursor {
+		i++
+	}
+	j := i
+	for j < len(msgs) && msgs[j].Seq == cursor+int64(j-i)+1 {
+		j++
+	}
+	return msgs[i:j]
 }
 
 // peerDeleted records that the peer deleted a connection.

@@ -75,7 +75,8 @@ type Config struct {
 	// LeaseTTL is how long a node may deliver a connection's outbox before
 	// it must renew its lease; a node that dies holding one delays that
 	// outbox by at most this long, unless it comes back under the same
-	// Replica name. RequestTimeout when zero.
+	// Replica name. A lease is renewed once half of it has passed, so with
+	// the default, twice RequestTimeout, a push never outlives its lease.
 	LeaseTTL time.Duration
 	// Replica names this process among those sharing the Store: a host
 	// name or pod name that stays the same across restarts. A process that
@@ -167,7 +168,7 @@ func Open(ctx context.Context, cfg Config) (*Node, error) {
 		retryMax:    orDefault(cfg.RetryMax, 30*time.Second),
 		pausedRetry: orDefault(cfg.PausedRetry, 10*time.Second),
 		batch:       min(orDefault(cfg.BatchSize, 500), MaxOutboxPage),
-		leaseTTL:    orDefault(cfg.LeaseTTL, orDefault(cfg.RequestTimeout, 30*time.Second)),
+		leaseTTL:    orDefault(cfg.LeaseTTL, 2*orDefault(cfg.RequestTimeout, 30*time.Second)),
 		wake:        make(map[string]map[*waiter]struct{}),
 		changed:     make(chan struct{}, 1),
 	}

@@ -113,17 +113,20 @@ type Store interface {
 
 // AtomicInbox is implemented by Stores that can run the Receiver and the
 // inbox cursor's advance in one transaction. A Node uses it when the Store
-// has it: fn runs with a context from which the Store's transaction can be
-// taken (for sqlstore, sqlstore.Tx), so a Receiver that writes its effects
-// through that transaction applies each message exactly once, even across
-// crashes, and deliveries to one connection are serialized across
-// processes.
+// has it: the Receiver runs with a context from which the Store's
+// transaction can be taken (for sqlstore, sqlstore.Tx), so a Receiver that
+// writes its effects through that transaction applies each message exactly
+// once, even across crashes, and deliveries to one connection are
+// serialized across processes.
 type AtomicInbox interface {
-	// DeliverInbox moves the cursor from from to to as AdvanceInbox does,
-	// in one transaction with fn: if fn fails, nothing is written and its
-	// error is returned; if the cursor is not at from, fn is not called and
-	// the error is CodeConflict.
-	DeliverInbox(ctx context.Context, connectionID string, from, to int64, fn func(ctx context.Context) error) error
+	// DeliverInbox hands msgs, whose Seqs run from from+1 without gaps, to
+	// fn one at a time in one transaction, each message in a savepoint of
+	// its own. It stops at the first message fn fails, undoing only that
+	// message's writes, moves the cursor to the last message fn accepted,
+	// commits, and returns the new cursor with fn's error, if any. If the
+	// cursor is not at from, fn is not called and the error has
+	// CodeConflict; CodeNotFound when the connection does not exist.
+	DeliverInbox(ctx context.Context, connectionID string, from int64, msgs []Message, fn func(ctx context.Context, m Message) error) (int64, error)
 }
 
 // OutboxWatcher is implemented by Stores that several processes share. A

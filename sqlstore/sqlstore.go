@@ -559,19 +559,33 @@ func (s *Store) InboxCursor(ctx context.Context, connectionID string) (int64, er
 
 // AdvanceInbox implements tether.Store.
 func (s *Store) AdvanceInbox(ctx context.Context, connectionID string, from, to int64) error {
-	return s.DeliverInbox(ctx, connectionID, from, to, nil)
-}
-
-// DeliverInbox implements tether.AtomicInbox: fn runs inside the
-// transaction that moves the cursor, with the transaction in its context
-// (see Tx). On PostgreSQL the inbox row stays locked while fn runs, so
-// deliveries to one connection are serialized across replicas.
-func (s *Store) DeliverInbox(ctx context.Context, connectionID string, from, to int64, fn func(ctx context.Context) error) error {
 	const op = "sqlstore: advance inbox"
 	if to <= from {
 		return &tether.Error{Code: tether.CodeInvalid, Op: op, Message: "the inbox cursor only moves forward"}
 	}
-	return s.inTx(ctx, op, func(tx *sql.Tx) error {
+	res, err := s.db.ExecContext(ctx, s.q.advanceInbox, to, connectionID, from)
+	if err != nil {
+		return translate(op, err)
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		if _, err := s.InboxCursor(ctx, connectionID); err != nil {
+			return err
+		}
+		return &tether.Error{Code: tether.CodeConflict, Op: op, Message: "inbox cursor moved since it was read"}
+	}
+	return nil
+}
+
+// DeliverInbox implements tether.AtomicInbox: fn runs inside the
+// transaction that moves the cursor, with the transaction in its context
+// (see Tx), each message in a savepoint. On PostgreSQL the inbox row stays
+// locked meanwhile, so deliveries to one connection are serialized across
+// replicas.
+func (s *Store) DeliverInbox(ctx context.Context, connectionID string, from int64, msgs []tether.Message, fn func(ctx context.Context, m tether.Message) error) (int64, error) {
+	const op = "sqlstore: deliver"
+	cursor := from
+	var failed error
+	err := s.inTx(ctx, op, func(tx *sql.Tx) error {
 		var pos int64
 		err := tx.QueryRowContext(ctx, s.q.inboxForUpdate, connectionID).Scan(&pos)
 		if errors.Is(err, sql.ErrNoRows) {
@@ -583,14 +597,36 @@ func (s *Store) DeliverInbox(ctx context.Context, connectionID string, from, to 
 		if pos != from {
 			return &tether.Error{Code: tether.CodeConflict, Op: op, Message: "inbox cursor moved since it was read"}
 		}
-		if fn != nil {
-			if err := fn(context.WithValue(ctx, txKey{}, tx)); err != nil {
+		txCtx := context.WithValue(ctx, txKey{}, tx)
+		for i, m := range msgs {
+			if m.Seq != from+int64(i)+1 {
+				return &tether.Error{Code: tether.CodeInvalid, Op: op, Message: "messages must follow the cursor without gaps"}
+			}
+			if _, err := tx.ExecContext(ctx, `SAVEPOINT tether_message`); err != nil {
 				return err
 			}
+			if err := fn(txCtx, m); err != nil {
+				failed = err
+				if _, err := tx.ExecContext(ctx, `ROLLBACK TO SAVEPOINT tether_message`); err != nil {
+					return err
+				}
+				break
+			}
+			if _, err := tx.ExecContext(ctx, `RELEASE SAVEPOINT tether_message`); err != nil {
+				return err
+			}
+			cursor = m.Seq
 		}
-		_, err = tx.ExecContext(ctx, s.q.advanceInbox, to, connectionID, from)
+		if cursor == from {
+			return nil
+		}
+		_, err = tx.ExecContext(ctx, s.q.advanceInbox, cursor, connectionID, from)
 		return err
 	})
+	if err != nil {
+		return from, err
+	}
+	return cursor, failed
 }
 
 // Leases.

@@ -346,3 +346,45 @@ func newStoreErr(db *sql.DB) (*sqlstore.Store, error) {
 	s, _ := tether.NewSealer("k", map[string][]byte{"k": make([]byte, 32)})
 	return sqlstore.New(context.Background(), db, sqlstore.SQLite, sqlstore.Config{Sealer: s})
 }
+
+// A Receiver writing through Tx: its writes commit with the cursor, and a
+// failing message's writes are undone while the earlier ones stay.
+func TestDeliverInboxTx(t *testing.T) {
+	dialects(t, func(t *testing.T, db *sql.DB, d sqlstore.Dialect) {
+		ctx := context.Background()
+		s := newStore(t, db, d, testKey(t))
+		if _, err := db.Exec(`CREATE TABLE applied (seq BIGINT NOT NULL)`); err != nil {
+			t.Fatal(err)
+		}
+		c := storetest.NewConnection(1)
+		if err := s.CreateConnection(ctx, c); err != nil {
+			t.Fatal(err)
+		}
+		var msgs []tether.Message
+		for i := int64(1); i <= 4; i++ {
+			msgs = append(msgs, tether.Message{ConnectionID: c.ID, Seq: i})
+		}
+		if sqlstore.Tx(ctx) != nil {
+			t.Fatal("Tx outside a delivery is not nil")
+		}
+		cursor, err := s.DeliverInbox(ctx, c.ID, 0, msgs, func(ctx context.Context, m tether.Message) error {
+			if _, err := sqlstore.Tx(ctx).ExecContext(ctx, rebind(d, `INSERT INTO applied (seq) VALUES (?)`), m.Seq); err != nil {
+				return err
+			}
+			if m.Seq == 3 {
+				return errors.New("fails after writing")
+			}
+			return nil
+		})
+		if cursor != 2 || err == nil {
+			t.Fatalf("DeliverInbox = %d, %v", cursor, err)
+		}
+		var n, max int
+		if err := db.QueryRow(`SELECT COUNT(*), MAX(seq) FROM applied`).Scan(&n, &max); err != nil {
+			t.Fatal(err)
+		}
+		if n != 2 || max != 2 {
+			t.Fatalf("applied %d rows up to %d, want 2 up to 2", n, max)
+		}
+	})
+}

@@ -52,6 +52,7 @@ func Run(t *testing.T, newStore NewStore) {
 		{"OutboxConcurrentAppend", testOutboxConcurrentAppend},
 		{"Inbox", testInbox},
 		{"Lease", testLease},
+		{"AtomicInbox", testAtomicInbox},
 		{"CanceledContext", testCanceledContext},
 	}
 	for _, tc := range tests {
@@ -931,5 +932,62 @@ func testLease(t *testing.T, newStore NewStore) {
 	})
 	if won := winners(t, errs, tether.CodeConflict); len(won) != 1 {
 		t.Fatalf("%d contenders got one lease", len(won))
+	}
+}
+
+// testAtomicInbox runs for Stores that implement tether.AtomicInbox.
+func testAtomicInbox(t *testing.T, newStore NewStore) {
+	ctx := context.Background()
+	s := newStore(t)
+	ai, ok := s.(tether.AtomicInbox)
+	if !ok {
+		return // optional: nothing to test
+	}
+	mustCreate(t, s, NewConnection(1))
+	msgs := []tether.Message{{ConnectionID: ConnID(1), Seq: 1}, {ConnectionID: ConnID(1), Seq: 2}, {ConnectionID: ConnID(1), Seq: 3}}
+	var got []int64
+	boom := errors.New("receiver failed")
+	cursor, err := ai.DeliverInbox(ctx, ConnID(1), 0, msgs, func(_ context.Context, m tether.Message) error {
+		if m.Seq == 3 {
+			return boom
+		}
+		got = append(got, m.Seq)
+		return nil
+	})
+	if !errors.Is(err, boom) || cursor != 2 || len(got) != 2 {
+		t.Fatalf("DeliverInbox = %d, %v after %v; want 2, the receiver's error, [1 2]", cursor, err, got)
+	}
+	if c, _ := s.InboxCursor(ctx, ConnID(1)); c != 2 {
+		t.Fatalf("stored cursor %d, want 2", c)
+	}
+	called := false
+	_, err = ai.DeliverInbox(ctx, ConnID(1), 0, msgs, func(context.Context, tether.Message) error { called = true; return nil })
+	wantCode(t, err, tether.CodeConflict)
+	if called {
+		t.Fatal("fn ran although the cursor was elsewhere")
+	}
+	cursor, err = ai.DeliverInbox(ctx, ConnID(1), 2, msgs[2:], func(context.Context, tether.Message) error { return nil })
+	if err != nil || cursor != 3 {
+		t.Fatalf("resuming: %d, %v", cursor, err)
+	}
+	_, err = ai.DeliverInbox(ctx, ConnID(9), 0, msgs, func(context.Context, tether.Message) error { return nil })
+	wantCode(t, err, tether.CodeNotFound)
+	// Concurrent deliveries of the same messages: each is handed over once.
+	mustCreate(t, s, NewConnection(2))
+	var mu sync.Mutex
+	handed := map[int64]int{}
+	batch := []tether.Message{{ConnectionID: ConnID(2), Seq: 1}, {ConnectionID: ConnID(2), Seq: 2}}
+	errs := race(10, func(int) error {
+		_, err := ai.DeliverInbox(ctx, ConnID(2), 0, batch, func(_ context.Context, m tether.Message) error {
+			mu.Lock()
+			handed[m.Seq]++
+			mu.Unlock()
+			return nil
+		})
+		return err
+	})
+	winners(t, errs, tether.CodeConflict)
+	if handed[1] != 1 || handed[2] != 1 {
+		t.Fatalf("messages handed over %v times, want once each", handed)
 	}
 }

@@ -11,33 +11,146 @@
 // through a long-poll it holds open), the connection is paused, activated
 // and deleted, and its history is printed.
 //
+// Each instance keeps its data in a SQLite file (in a new temporary
+// directory, or in -data), or, with -postgres, in a schema of its own in
+// that PostgreSQL database.
+//
 //	go run ./examples/quickstart
+//	go run ./examples/quickstart -data ./quickstart-data
+//	go run ./examples/quickstart -postgres 'postgres://postgres@127.0.0.1:5432/test?sslmode=disable'
 package main
 
 import (
 	"context"
+	"crypto/rand"
+	"database/sql"
 	"encoding/binary"
+	"encoding/hex"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"log"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
 	"time"
 
+	_ "github.com/jackc/pgx/v5/stdlib"
+	_ "modernc.org/sqlite"
+
 	"github.com/tetherkit/tether"
 	"github.com/tetherkit/tether/httptransport"
-	"github.com/tetherkit/tether/memstore"
+	"github.com/tetherkit/tether/sqlstore"
 )
 
 func main() {
-	if err := run(context.Background(), os.Stdout, 200, 2000); err != nil {
+	var opts options
+	flag.StringVar(&opts.dataDir, "data", "", "directory for the SQLite files (default: a new temporary directory)")
+	flag.StringVar(&opts.postgres, "postgres", "", "PostgreSQL URL: keep the data there instead of in SQLite files")
+	flag.Parse()
+	opts.oneByOne, opts.burst = 200, 2000
+	if err := run(context.Background(), os.Stdout, opts); err != nil {
 		log.Fatal(err)
 	}
+}
+
+type options struct {
+	dataDir  string // SQLite files go here
+	postgres string // if set, PostgreSQL instead
+	oneByOne int    // messages sent one at a time each way
+	burst    int    // messages sent at once each way
+}
+
+// openStore returns the store of the instance called name, and a function
+// closing its database.
+func openStore(ctx context.Context, opts options, name string) (*sqlstore.Store, func(), error) {
+	if opts.postgres != "" {
+		return openPostgres(ctx, opts.postgres, name)
+	}
+	sealer, err := fileSealer(filepath.Join(opts.dataDir, "seal.key"))
+	if err != nil {
+		return nil, nil, err
+	}
+	path := filepath.Join(opts.dataDir, name+".db")
+	db, err := sql.Open("sqlite", "file:"+path+"?_pragma=busy_timeout(10000)&_pragma=journal_mode(WAL)"+
+		"&_pragma=synchronous(NORMAL)&_pragma=foreign_keys(1)&_txlock=immediate")
+	if err != nil {
+		return nil, nil, err
+	}
+	db.SetMaxOpenConns(1) // SQLite has one writer
+	store, err := sqlstore.New(ctx, db, sqlstore.SQLite, sqlstore.Config{Sealer: sealer})
+	if err != nil {
+		db.Close()
+		return nil, nil, err
+	}
+	return store, func() { db.Close() }, nil
+}
+
+// openPostgres gives the instance a fresh schema of its own.
+func openPostgres(ctx context.Context, base, name string) (*sqlstore.Store, func(), error) {
+	schema := "tether_quickstart_" + name
+	admin, err := sql.Open("pgx", base)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer admin.Close()
+	if _, err := admin.ExecContext(ctx, `DROP SCHEMA IF EXISTS `+schema+` CASCADE; CREATE SCHEMA `+schema); err != nil {
+		return nil, nil, fmt.Errorf("preparing schema %s: %w", schema, err)
+	}
+	u, err := url.Parse(base)
+	if err != nil {
+		return nil, nil, err
+	}
+	q := u.Query()
+	q.Set("search_path", schema)
+	u.RawQuery = q.Encode()
+	db, err := sql.Open("pgx", u.String())
+	if err != nil {
+		return nil, nil, err
+	}
+	key := make([]byte, 32) // a fresh schema each run: a fresh key will do
+	if _, err := rand.Read(key); err != nil {
+		return nil, nil, err
+	}
+	sealer, err := tether.NewSealer("quickstart", map[string][]byte{"quickstart": key})
+	if err != nil {
+		return nil, nil, err
+	}
+	store, err := sqlstore.New(ctx, db, sqlstore.PostgreSQL, sqlstore.Config{Sealer: sealer})
+	if err != nil {
+		db.Close()
+		return nil, nil, err
+	}
+	return store, func() { db.Close() }, nil
+}
+
+// fileSealer reads the sealing key from path, creating it on first use.
+// A real host keeps it in its secret store, not beside the data.
+func fileSealer(path string) (*tether.Sealer, error) {
+	raw, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		key := make([]byte, 32)
+		if _, err := rand.Read(key); err != nil {
+			return nil, err
+		}
+		raw = []byte(hex.EncodeToString(key))
+		if err := os.WriteFile(path, raw, 0o600); err != nil {
+			return nil, err
+		}
+	} else if err != nil {
+		return nil, err
+	}
+	key, err := hex.DecodeString(strings.TrimSpace(string(raw)))
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return tether.NewSealer("quickstart", map[string][]byte{"quickstart": key})
 }
 
 // collector is a Receiver that counts messages and the latency each saw
@@ -103,7 +216,31 @@ func payload(text string) []byte {
 
 // run walks through the demonstration: one-by-one messages measure the
 // latency on an idle connection, a burst measures how fast a batch flows.
-func run(ctx context.Context, out io.Writer, oneByOne, burst int) error {
+func run(ctx context.Context, out io.Writer, opts options) error {
+	oneByOne, burst := opts.oneByOne, opts.burst
+	if opts.postgres == "" && opts.dataDir == "" {
+		dir, err := os.MkdirTemp("", "tether-quickstart-")
+		if err != nil {
+			return err
+		}
+		opts.dataDir = dir
+	}
+	supportStore, closeSupport, err := openStore(ctx, opts, "support")
+	if err != nil {
+		return err
+	}
+	defer closeSupport()
+	engStore, closeEng, err := openStore(ctx, opts, "engineering")
+	if err != nil {
+		return err
+	}
+	defer closeEng()
+	if opts.postgres != "" {
+		fmt.Fprintln(out, "data: PostgreSQL schemas tether_quickstart_support and tether_quickstart_engineering")
+	} else {
+		fmt.Fprintf(out, "data: SQLite files support.db and engineering.db in %s\n", opts.dataDir)
+	}
+
 	ctx, cancel := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	defer wg.Wait() // every Run has returned before run does
@@ -118,7 +255,7 @@ func run(ctx context.Context, out io.Writer, oneByOne, burst int) error {
 	if err != nil {
 		return err
 	}
-	supportIn, supportStore := newCollector(), memstore.New()
+	supportIn := newCollector()
 	support, err := tether.Open(ctx, tether.Config{
 		Store:     supportStore,
 		Endpoint:  "http://" + ln.Addr().String() + "/tether",
@@ -138,7 +275,7 @@ func run(ctx context.Context, out io.Writer, oneByOne, burst int) error {
 	// The private instance: no Endpoint, no server.
 	engIn := newCollector()
 	engineering, err := tether.Open(ctx, tether.Config{
-		Store:     memstore.New(),
+		Store:     engStore,
 		URLPolicy: policy,
 		Transport: httptransport.NewClient(httptransport.ClientConfig{URLPolicy: policy}),
 		Receiver:  engIn,

@@ -3,16 +3,18 @@ package main
 import (
 	"bytes"
 	"context"
+	"os"
 	"strings"
 	"testing"
 )
 
 func TestQuickstart(t *testing.T) {
 	var out bytes.Buffer
-	if err := run(context.Background(), &out, 20, 300); err != nil {
+	if err := run(context.Background(), &out, options{dataDir: t.TempDir(), oneByOne: 20, burst: 300}); err != nil {
 		t.Fatalf("run: %v\n%s", err, out.String())
 	}
 	for _, want := range []string{
+		"data: SQLite files",
 		"pending",
 		"invitation code (",
 		"tether_inv_",
@@ -30,6 +32,23 @@ func TestQuickstart(t *testing.T) {
 		"activate -> refused",
 		"deleted   by admin@support",
 	} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("output lacks %q:\n%s", want, out.String())
+		}
+	}
+}
+
+// With -postgres the same walk-through keeps its data in PostgreSQL.
+func TestQuickstartPostgres(t *testing.T) {
+	u := os.Getenv("TETHER_POSTGRES_URL")
+	if u == "" {
+		t.Skip("TETHER_POSTGRES_URL is not set: the PostgreSQL walk-through is skipped (.ci/run sets it)")
+	}
+	var out bytes.Buffer
+	if err := run(context.Background(), &out, options{postgres: u, oneByOne: 5, burst: 50}); err != nil {
+		t.Fatalf("run: %v\n%s", err, out.String())
+	}
+	for _, want := range []string{"data: PostgreSQL", "100 messages delivered", "activate -> active, and the queued message arrived"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("output lacks %q:\n%s", want, out.String())
 		}

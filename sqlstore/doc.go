@@ -1,0 +1,88 @@
+// Package sqlstore is the durable tether.Store, on database/sql: SQLite as
+// the embedded default (one file, nothing to run) and PostgreSQL for
+// several replicas of a host application sharing their connections.
+//
+// The package imports no database driver: the host opens a *sql.DB with the
+// driver it uses and passes it to New with the dialect. New applies the
+// embedded schema migrations it lacks, in one transaction behind a lock, so
+// replicas starting at once do not collide. Secrets (the instance's private
+// keys) are sealed with Config.Sealer before they are written.
+//
+// # SQLite
+//
+// With modernc.org/sqlite (pure Go), use WAL, a busy timeout, IMMEDIATE
+// transactions and one connection, the single writer SQLite allows:
+//
+//	db, err := sql.Open("sqlite", "file:tether.db"+
+//		"?_pragma=busy_timeout(10000)&_pragma=journal_mode(WAL)"+
+//		"&_pragma=synchronous(NORMAL)&_pragma=foreign_keys(1)&_txlock=immediate")
+//	db.SetMaxOpenConns(1)
+//	store, err := sqlstore.New(ctx, db, sqlstore.SQLite, sqlstore.Config{Sealer: sealer})
+//
+// synchronous(NORMAL) in WAL mode loses no committed transaction when the
+// process crashes; synchronous(FULL) also survives a power cut.
+//
+// # PostgreSQL
+//
+// With github.com/jackc/pgx/v5/stdlib:
+//
+//	db, err := sql.Open("pgx", "postgres://tether@db.internal:5432/app?sslmode=verify-full")
+//	db.SetMaxOpenConns(20) // per replica; keep replicas × 20 under max_connections
+//	db.SetMaxIdleConns(10)
+//	db.SetConnMaxLifetime(30 * time.Minute)
+//	store, err := sqlstore.New(ctx, db, sqlstore.PostgreSQL, sqlstore.Config{
+//		Sealer: sealer,
+//		Listen: listen, // optional, below
+//	})
+//
+// To keep tether's tables apart, give the connections a search_path
+// (&search_path=tether in the URL) after creating that schema.
+//
+// Replicas: invitations are consumed once across all of them (a unique key
+// written in the same transaction as the connection); one replica at a time
+// delivers a connection's outbox (a lease that a crashed replica loses
+// after tether.Config.LeaseTTL, or at once when it restarts under the same
+// tether.Config.Replica name); deliveries to one connection are serialized
+// by a row lock on its inbox cursor. A long-poll held by one replica wakes
+// when another stores a message through LISTEN/NOTIFY when Config.Listen is
+// set, and within a second without it. With pgx, Listen is:
+//
+//	listen := func(ctx context.Context, channel string, fn func(string)) error {
+//		conn, err := pgx.Connect(ctx, dsn)
+//		if err != nil {
+//			return err
+//		}
+//		defer conn.Close(context.WithoutCancel(ctx))
+//		if _, err := conn.Exec(ctx, "LISTEN "+pgx.Identifier{channel}.Sanitize()); err != nil {
+//			return err
+//		}
+//		for {
+//			n, err := conn.WaitForNotification(ctx)
+//			if err != nil {
+//				return err
+//			}
+//			fn(n.Payload)
+//		}
+//	}
+//
+// # Exactly once
+//
+// A Node on this Store hands each message to the Receiver inside the
+// transaction that moves the connection's inbox cursor. A Receiver that
+// writes its effects through that transaction (Tx(ctx)) applies every
+// message exactly once, even when the process is killed at any point
+// (placeholders in the database's own style: ? for SQLite, $1 for
+// PostgreSQL):
+//
+//	func (r *receiver) Receive(ctx context.Context, m tether.Message) error {
+//		_, err := sqlstore.Tx(ctx).ExecContext(ctx,
+//			`INSERT INTO tickets (connection_id, seq, body) VALUES (?, ?, ?)`,
+//			m.ConnectionID, m.Seq, m.Payload)
+//		return err
+//	}
+//
+// Errors are *tether.Error values; driver errors are translated by their
+// type and code (SQLSTATE for PostgreSQL drivers, extended result codes for
+// modernc.org/sqlite), never by their text, and keep the driver's error as
+// their cause.
+package sqlstore

@@ -1,0 +1,4 @@
+package sqlstore
+
+// Translate exposes the driver error translation to the tests.
+var Translate = translate

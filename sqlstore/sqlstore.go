@@ -96,7 +96,7 @@ func (s *Store) inTx(ctx context.Context, op string, fn func(*sql.Tx) error) err
 type queries struct {
 	loadInstance, createInstance, updateInstance, instanceVersion                                string
 	createConn, createOutboxSeq, createInbox, getConn, getConnForUpdate, updateConn, insertEvent string
-	useInvitation, listEvents, connExists                                                        string
+	useInvitation, purgeInvitations, listEvents, connExists                                      string
 	appendOutbox, listOutbox, ackOutbox, inboxCursor, inboxForUpdate, advanceInbox               string
 	lease, release                                                                               string
 }
@@ -116,6 +116,7 @@ func newQueries(d Dialect) queries {
 		updateConn:       r(`UPDATE tether_connections SET owner = ?, status = ?, kind = ?, version = version + 1, data = ? WHERE id = ? AND version = ?`),
 		insertEvent:      r(`INSERT INTO tether_events (connection_id, type, time_ns, actor, detail) VALUES (?, ?, ?, ?, ?)`),
 		useInvitation:    r(`INSERT INTO tether_used_invitations (key, expires_ns) VALUES (?, ?) ON CONFLICT (key) DO NOTHING`),
+		purgeInvitations: r(`DELETE FROM tether_used_invitations WHERE expires_ns < ? AND key <> ?`),
 		listEvents:       r(`SELECT seq, type, time_ns, actor, detail FROM tether_events WHERE connection_id = ? AND seq > ? ORDER BY seq LIMIT ?`),
 		connExists:       r(`SELECT 1 FROM tether_connections WHERE id = ?`),
 		listOutbox:       r(`SELECT seq, payload, created_ns FROM tether_outbox WHERE connection_id = ? AND seq > ? ORDER BY seq LIMIT ?`),
@@ -374,6 +375,11 @@ func (s *Store) ConsumeInvitation(ctx context.Context, key string, expires time.
 		}
 		if n, _ := res.RowsAffected(); n == 0 {
 			return &tether.Error{Code: tether.CodeAlreadyUsed, Op: op, Message: "invitation was already used"}
+		}
+		// Forget invitations a day past their expiry: they can no longer be
+		// presented, so their keys need not be kept.
+		if _, err := tx.ExecContext(ctx, s.q.purgeInvitations, time.Now().Add(-24*time.Hour).UnixNano(), key); err != nil {
+			return err
 		}
 		if c.Version == 0 {
 			return s.create(ctx, tx, op, c, events)

@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	_ "github.com/jackc/pgx/v5/stdlib"
 	_ "modernc.org/sqlite"
@@ -385,6 +386,41 @@ func TestDeliverInboxTx(t *testing.T) {
 		}
 		if n != 2 || max != 2 {
 			t.Fatalf("applied %d rows up to %d, want 2 up to 2", n, max)
+		}
+	})
+}
+
+// Used invitations are forgotten a day after they expire, not before.
+func TestUsedInvitationsPurged(t *testing.T) {
+	dialects(t, func(t *testing.T, db *sql.DB, d sqlstore.Dialect) {
+		ctx := context.Background()
+		s := newStore(t, db, d, testKey(t))
+		long := time.Now().Add(-48 * time.Hour)
+		if err := s.ConsumeInvitation(ctx, "old", long, storetest.NewConnection(1)); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.ConsumeInvitation(ctx, "recent", time.Now().Add(-time.Hour), storetest.NewConnection(2)); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.ConsumeInvitation(ctx, "new", time.Now().Add(time.Hour), storetest.NewConnection(3)); err != nil {
+			t.Fatal(err)
+		}
+		var keys []string
+		rows, err := db.Query(`SELECT key FROM tether_used_invitations ORDER BY key`)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer rows.Close()
+		for rows.Next() {
+			var k string
+			rows.Scan(&k)
+			keys = append(keys, k)
+		}
+		if strings.Join(keys, ",") != "new,recent" {
+			t.Fatalf("kept %v, want new and recent", keys)
+		}
+		if err := s.ConsumeInvitation(ctx, "recent", time.Now(), storetest.NewConnection(4)); tether.ErrorCode(err) != tether.CodeAlreadyUsed {
+			t.Fatalf("a recent key was forgotten: %v", err)
 		}
 	})
 }

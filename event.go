@@ -16,7 +16,6 @@ const (
 	EventExpired      EventType = "expired"      // the pending invitation expired
 	EventAuthLost     EventType = "auth_lost"    // credentials stopped working; the connection is inactive
 	EventReauthorized EventType = "reauthorized" // credentials restored
-	EventKeyRotated   EventType = "key_rotated"  // reserved for instance-wide key changes
 )
 
 // Event is one entry of a connection's history. Events are appended in the

@@ -314,8 +314,7 @@ func TestHandlerUnderAnyPrefix(t *testing.T) {
 		},
 	} {
 		t.Run(name, func(t *testing.T) {
-			var alpha *inst
-			alpha = newInst(t, true, func(c *tether.Config) { c.Endpoint = strings.TrimSuffix(c.Endpoint, "/tether") + "/api/v2/tether" })
+			alpha := newInst(t, true, func(c *tether.Config) { c.Endpoint = strings.TrimSuffix(c.Endpoint, "/tether") + "/api/v2/tether" })
 			h := mount(httptransport.NewHandler(alpha.Node, httptransport.HandlerConfig{}))
 			alpha.handle.Store(&h)
 			beta := newInst(t, false)
@@ -613,7 +612,7 @@ func TestClientErrors(t *testing.T) {
 		case strings.HasSuffix(r.URL.Path, "/v1/status"):
 			w.WriteHeader(http.StatusBadGateway)
 		default:
-			w.Header().Set(http.CanonicalHeaderKey("Tether-Auth"), "tok")
+			w.Header().Set("Tether-Auth", "tok")
 			_, _ = w.Write(bytes.Repeat([]byte("x"), 2048))
 		}
 	}))

@@ -280,18 +280,34 @@ func (r *runner) ensure(c *Connection) {
 	if r.n.endpoint != "" {
 		return
 	}
-	key := c.RemoteURL + " " + KeyID(c.RemoteKey)
-	p := r.pullers[key]
-	if p == nil {
-		p = &puller{endpoint: c.RemoteURL, ids: map[string]bool{}, changed: make(chan struct{}, 1)}
-		r.pullers[key] = p
-		r.wg.Add(1)
-		go func() {
-			defer r.wg.Done()
-			r.n.pullLoop(r.ctx, p)
-		}()
+	// One long-poll per endpoint (and peer key) carries up to
+	// MaxPollConnections connections; more take a second, and so on.
+	base := c.RemoteURL + " " + KeyID(c.RemoteKey) + " "
+	for k := 0; ; k++ {
+		p := r.pullers[base+strconv.Itoa(k)]
+		if p == nil {
+			break
+		}
+		if p.has(c.ID) {
+			return
+		}
 	}
-	p.add(c.ID)
+	for k := 0; ; k++ {
+		key := base + strconv.Itoa(k)
+		p := r.pullers[key]
+		if p == nil {
+			p = &puller{endpoint: c.RemoteURL, ids: map[string]bool{}, changed: make(chan struct{}, 1)}
+			r.pullers[key] = p
+			r.wg.Add(1)
+			go func() {
+				defer r.wg.Done()
+				r.n.pullLoop(r.ctx, p)
+			}()
+		}
+		if p.add(c.ID) {
+			return
+		}
+	}
 }
 
 // puller is the single long-poll of a private side to one public endpoint.
@@ -302,16 +318,29 @@ type puller struct {
 	changed  chan struct{}
 }
 
-func (p *puller) add(id string) {
+// add adds id unless the puller carries MaxPollConnections already, and
+// reports whether it carries id now.
+func (p *puller) add(id string) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if !p.ids[id] {
-		p.ids[id] = true
-		select {
-		case p.changed <- struct{}{}:
-		default:
-		}
+	if p.ids[id] {
+		return true
 	}
+	if len(p.ids) >= MaxPollConnections {
+		return false
+	}
+	p.ids[id] = true
+	select {
+	case p.changed <- struct{}{}:
+	default:
+	}
+	return true
+}
+
+func (p *puller) has(id string) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.ids[id]
 }
 
 func (p *puller) snapshot() []string {
@@ -568,7 +597,7 @@ func (n *Node) pollOnce(ctx context.Context, p *puller) error {
 			p.remove(id)
 			continue
 		}
-		if c.Status != StatusActive || len(req.Connections) == MaxPollConnections {
+		if c.Status != StatusActive {
 			continue
 		}
 		cursor, err := n.store.InboxCursor(ctx, id)

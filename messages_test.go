@@ -553,3 +553,29 @@ func TestBackoff(t *testing.T) {
 		}
 	}
 }
+
+// A private side with more connections to one endpoint than one poll may
+// carry polls them all: none starves.
+func TestManyConnectionsToOneEndpoint(t *testing.T) {
+	w := newWorld(t)
+	bin := newInbox()
+	alpha, beta := w.node("alpha", alphaURL), w.node("beta", "", withReceiver(bin))
+	n := tether.MaxPollConnections + 5
+	ids := make([]string, n)
+	for i := range n {
+		ids[i], _ = connect(t, alpha, beta, "")
+	}
+	running(t, alpha, beta)
+	// One message on every connection: all must arrive.
+	for _, id := range ids {
+		if _, err := alpha.Send(context.Background(), id, []byte("hi")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	bin.waitFor(t, n)
+	bin.mu.Lock()
+	defer bin.mu.Unlock()
+	if len(bin.got) != n {
+		t.Fatalf("messages arrived on %d connections, want %d", len(bin.got), n)
+	}
+}

@@ -81,10 +81,11 @@
 //
 // # Embedding
 //
-// A host supplies a Store (memstore for tests and single processes,
-// sqlstore for durable data), a Transport (httptransport over HTTP,
-// tethertest in tests) and, when it is public, mounts the transport's
-// handler at its Endpoint:
+// A host supplies a Store (sqlstore on SQLite or PostgreSQL for durable
+// data, memstore in tests), a Transport (httptransport over HTTP, tethertest
+// in tests) and, when it is public, mounts the transport's handler at its
+// Endpoint. Durable stores seal secrets with a Sealer (AES-256-GCM with a
+// key ring) before writing them:
 //
 //	node, err := tether.Open(ctx, tether.Config{
 //		Store:     memstore.New(),

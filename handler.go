@@ -70,7 +70,7 @@ func (n *Node) authenticate(ctx context.Context, op string, req *Request) (*Conn
 	if err != nil || claims.Issuer != c.RemoteInstance {
 		return nil, nil, refused(op)
 	}
-	if !n.replays.fresh(claims.Issuer+"/"+claims.ID, now) {
+	if !n.fresh(ctx, claims, now) {
 		return nil, nil, refused(op)
 	}
 	return c, claims, nil
@@ -159,7 +159,7 @@ func (n *Node) handlePoll(ctx context.Context, req *Request) (*Response, error) 
 			return nil, refused(op)
 		}
 	}
-	if !n.replays.fresh(claims.Issuer+"/"+claims.ID, now) {
+	if !n.fresh(ctx, claims, now) {
 		return nil, refused(op)
 	}
 	for i, pc := range body.Connections {
@@ -275,6 +275,25 @@ func (n *Node) answer(ctx context.Context, op string, c *Connection, req *reques
 	return &Response{Auth: auth, Body: body}, nil
 }
 
+// fresh reports whether a request's nonce is seen for the first time: in
+// this process, and, when the Store is shared with other processes, in
+// all of them. A Store failure counts as not fresh: the caller retries.
+func (n *Node) fresh(ctx context.Context, c *requestClaims, now time.Time) bool {
+	key := c.Issuer + "/" + c.ID
+	if !n.replays.fresh(key, now) {
+		return false
+	}
+	ns, ok := n.store.(NonceStore)
+	if !ok || !n.shared {
+		return true
+	}
+	ok, err := ns.RememberNonce(ctx, key, now, now.Add(2*RequestSkew+time.Second))
+	if err != nil {
+		n.log.WarnContext(ctx, "tether: record request nonce", "err", err)
+	}
+	return ok && err == nil
+}
+
 // handleAccept runs on a public initiator: an acceptor presents the code.
 func (n *Node) handleAccept(ctx context.Context, req *Request) (*Response, error) {
 	const op = "tether: handle accept"
@@ -298,7 +317,7 @@ func (n *Node) handleAccept(ctx context.Context, req *Request) (*Response, error
 	if claims.Subject != inv.Connection {
 		return nil, refused(op)
 	}
-	if !n.replays.fresh(claims.Issuer+"/"+claims.ID, now) {
+	if !n.fresh(ctx, claims, now) {
 		return nil, refused(op)
 	}
 	for _, err := range []error{

@@ -133,6 +133,8 @@ type AtomicInbox interface {
 // Node that runs on such a Store watches it, so that a message one process
 // stores wakes a long-poll another process holds, and also re-reads its
 // connections at least once a second in case a notification is lost.
+//
+// A Store that implements OutboxWatcher must also implement NonceStore.
 type OutboxWatcher interface {
 	// WatchOutbox calls fn with the connection ID of messages appended to
 	// any outbox, by any process, until ctx ends; it then returns ctx's
@@ -202,4 +204,14 @@ func canMove(from, to Status) bool {
 		}
 	}
 	return false
+}
+
+// NonceStore is implemented by Stores that several processes share: it
+// records the nonces of authenticated requests so that a request replayed
+// to another process inside its time window is refused there too.
+type NonceStore interface {
+	// RememberNonce records key until the time until and reports whether
+	// it was new. Of concurrent calls with one key, one reports true. Keys
+	// may be forgotten after their until has passed.
+	RememberNonce(ctx context.Context, key string, now, until time.Time) (bool, error)
 }

@@ -568,3 +568,47 @@ func TestLongPollWakesAcrossReplicas(t *testing.T) {
 		})
 	}
 }
+
+// SECURITY.md 14 across replicas: a request accepted by one replica and
+// replayed to another is refused there too.
+func TestReplayToAnotherReplicaRefused(t *testing.T) {
+	dsn := newSchema(t)
+	net := tethertest.NewNetwork()
+	defer net.Close()
+	const endpoint = "https://public.test/t"
+	nodes, logs := replicas(t, dsn, 2, net, endpoint, nil)
+	var captured *tether.Request
+	defer net.Listen(endpoint, handlerFunc(func(ctx context.Context, r *tether.Request) (*tether.Response, error) {
+		if r.Op == tether.OpPush && captured == nil {
+			captured = r
+		}
+		return nodes[0].Handle(ctx, r)
+	}))()
+	private, err := tether.Open(context.Background(), tether.Config{Store: memstore.New(), Transport: net.Transport("private")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pc, code, err := nodes[0].Initiate(context.Background(), tether.InitiateRequest{Mode: tether.ModeBasic, LocalName: "A", RemoteName: "B", Name: "A to B"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	qc, err := private.Accept(context.Background(), code, tether.AcceptOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := private.Send(context.Background(), qc.ID, []byte("once")); err != nil {
+		t.Fatal(err)
+	}
+	runNodes(t, private)
+	logs[0].waitFor(t, pc.ID, 1)
+	if captured == nil {
+		t.Fatal("no push captured")
+	}
+	_, err = nodes[1].Handle(context.Background(), captured)
+	if tether.ErrorCode(err) != tether.CodeUnauthenticated {
+		t.Fatalf("the replay on the other replica: %v, want refused", err)
+	}
+	if logs[1].count(pc.ID) != 0 {
+		t.Fatal("the replay was delivered")
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/tetherkit/tether"
@@ -36,12 +37,14 @@ type Store struct {
 	sealer  *tether.Sealer
 	listen  func(ctx context.Context, channel string, fn func(payload string)) error
 	q       queries
+	nonces  atomic.Int64 // calls to RememberNonce, to purge now and then
 }
 
 var (
 	_ tether.Store         = (*Store)(nil)
 	_ tether.AtomicInbox   = (*Store)(nil)
 	_ tether.OutboxWatcher = (*Store)(nil)
+	_ tether.NonceStore    = (*Store)(nil)
 )
 
 // New returns a Store on db, after applying the schema migrations it lacks.
@@ -98,7 +101,7 @@ type queries struct {
 	createConn, createOutboxSeq, createInbox, getConn, getConnForUpdate, updateConn, insertEvent string
 	useInvitation, purgeInvitations, listEvents, connExists                                      string
 	appendOutbox, listOutbox, ackOutbox, inboxCursor, inboxForUpdate, advanceInbox               string
-	lease, release                                                                               string
+	lease, release, nonce, purgeNonces                                                           string
 }
 
 func newQueries(d Dialect) queries {
@@ -127,7 +130,9 @@ func newQueries(d Dialect) queries {
 		lease: r(`INSERT INTO tether_leases (name, holder, until_ns) VALUES (?, ?, ?)
 			ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, until_ns = excluded.until_ns
 			WHERE tether_leases.holder = excluded.holder OR tether_leases.until_ns < ?`),
-		release: r(`DELETE FROM tether_leases WHERE name = ? AND holder = ?`),
+		release:     r(`DELETE FROM tether_leases WHERE name = ? AND holder = ?`),
+		nonce:       r(`INSERT INTO tether_nonces (key, until_ns) VALUES (?, ?) ON CONFLICT (key) DO NOTHING`),
+		purgeNonces: r(`DELETE FROM tether_nonces WHERE until_ns < ?`),
 	}
 	if d == PostgreSQL {
 		// One statement: the UPDATE locks the counter row, so concurrent
@@ -651,6 +656,23 @@ func (s *Store) Lease(ctx context.Context, name, holder string, now, until time.
 func (s *Store) Release(ctx context.Context, name, holder string) error {
 	_, err := s.db.ExecContext(ctx, s.q.release, name, holder)
 	return translate("sqlstore: release", err)
+}
+
+// RememberNonce implements tether.NonceStore. Every 256th call also
+// forgets the nonces whose time has passed.
+func (s *Store) RememberNonce(ctx context.Context, key string, now, until time.Time) (bool, error) {
+	const op = "sqlstore: remember nonce"
+	if s.nonces.Add(1)%256 == 0 {
+		if _, err := s.db.ExecContext(ctx, s.q.purgeNonces, nanos(now)); err != nil {
+			return false, translate(op, err)
+		}
+	}
+	res, err := s.db.ExecContext(ctx, s.q.nonce, key, nanos(until))
+	if err != nil {
+		return false, translate(op, err)
+	}
+	n, err := res.RowsAffected()
+	return n == 1, translate(op, err)
 }
 
 // WatchOutbox implements tether.OutboxWatcher. With Config.Listen on

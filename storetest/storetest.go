@@ -53,6 +53,7 @@ func Run(t *testing.T, newStore NewStore) {
 		{"Inbox", testInbox},
 		{"Lease", testLease},
 		{"AtomicInbox", testAtomicInbox},
+		{"Nonces", testNonces},
 		{"CanceledContext", testCanceledContext},
 	}
 	for _, tc := range tests {
@@ -991,5 +992,34 @@ func testAtomicInbox(t *testing.T, newStore NewStore) {
 	winners(t, errs, tether.CodeConflict)
 	if handed[1] != 1 || handed[2] != 1 {
 		t.Fatalf("messages handed over %v times, want once each", handed)
+	}
+}
+
+// testNonces runs for Stores that implement tether.NonceStore.
+func testNonces(t *testing.T, newStore NewStore) {
+	ctx := context.Background()
+	ns, ok := newStore(t).(tether.NonceStore)
+	if !ok {
+		return // optional: nothing to test
+	}
+	now := time.Now()
+	if fresh, err := ns.RememberNonce(ctx, "inst_a/n1", now, now.Add(time.Minute)); err != nil || !fresh {
+		t.Fatalf("a new nonce: %v, %v", fresh, err)
+	}
+	if fresh, err := ns.RememberNonce(ctx, "inst_a/n1", now, now.Add(time.Minute)); err != nil || fresh {
+		t.Fatalf("a repeated nonce: %v, %v", fresh, err)
+	}
+	if fresh, _ := ns.RememberNonce(ctx, "inst_b/n1", now, now.Add(time.Minute)); !fresh {
+		t.Fatal("nonces of different issuers collided")
+	}
+	errs := race(20, func(int) error {
+		fresh, err := ns.RememberNonce(ctx, "inst_a/n2", now, now.Add(time.Minute))
+		if err == nil && !fresh {
+			return &tether.Error{Code: tether.CodeConflict}
+		}
+		return err
+	})
+	if won := winners(t, errs, tether.CodeConflict); len(won) != 1 {
+		t.Fatalf("%d concurrent callers saw one nonce as new", len(won))
 	}
 }

@@ -30,6 +30,9 @@ const (
 	batchBytes = 1 << 20 // payload bytes per batch, unless one message is larger
 	// MaxPollConnections bounds the connections one poll may carry.
 	MaxPollConnections = 1000
+	// maxPollBody fits a poll of MaxPollConnections with the longest IDs
+	// and cursors.
+	maxPollBody = MaxPollConnections*128 + 1024
 )
 
 // MaxBody returns the largest request or response body this node sends or

@@ -26,8 +26,11 @@ func (n *Node) Handle(ctx context.Context, req *Request) (*Response, error) {
 		return nil, &Error{Code: CodeProtocol, Op: "tether: handle", Message: "no request"}
 	}
 	limit := MaxRequestBody
-	if req.Op == OpPush {
+	switch req.Op {
+	case OpPush:
 		limit = n.MaxBody()
+	case OpPoll:
+		limit = maxPollBody
 	}
 	if len(req.Body) > limit {
 		return nil, &Error{Code: CodeTooLarge, Op: "tether: handle", Message: "request body is too large"}
@@ -131,7 +134,7 @@ func (n *Node) handlePush(ctx context.Context, req *Request) (*Response, error) 
 func (n *Node) handlePoll(ctx context.Context, req *Request) (*Response, error) {
 	const op = "tether: handle poll"
 	var body pollRequest
-	if err := decodeBody(op, req.Body, MaxRequestBody, &body); err != nil {
+	if err := decodeBody(op, req.Body, maxPollBody, &body); err != nil {
 		return nil, err
 	}
 	if len(body.Connections) == 0 || len(body.Connections) > MaxPollConnections {

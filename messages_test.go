@@ -579,3 +579,18 @@ func TestManyConnectionsToOneEndpoint(t *testing.T) {
 		t.Fatalf("messages arrived on %d connections, want %d", len(bin.got), n)
 	}
 }
+
+// A poll carrying the most connections with the largest cursors is not too
+// large to be read.
+func TestLargestPollFits(t *testing.T) {
+	w := newWorld(t)
+	alpha, beta := w.node("alpha", alphaURL), w.node("beta", "")
+	var parts []string
+	for i := range tether.MaxPollConnections {
+		parts = append(parts, fmt.Sprintf(`{"id":"conn_%026d","cursor":9223372036854775807}`, i))
+	}
+	body := []byte(`{"wait_ms":25000,"connections":[` + strings.Join(parts, ",") + `]}`)
+	_, err := alpha.Handle(context.Background(), tether.SignRequest(beta.Node, alphaURL, tether.OpPoll, "", body))
+	// The connections do not exist: refused, but read, not too large.
+	wantCode(t, err, tether.CodeUnauthenticated)
+}

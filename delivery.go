@@ -111,7 +111,20 @@ func (n *Node) Send(ctx context.Context, connectionID string, payload []byte) (i
 
 // waiter receives a token whenever one of the connections it subscribed to
 // is signaled; tokens do not pile up beyond one.
-type waiter struct{ ch chan struct{} }
+type waiter struct {
+	ch      chan struct{}
+	mu      sync.Mutex
+	pending map[string]bool // signaled since the last take
+}
+
+// take returns the connections signaled since the last take.
+func (w *waiter) take() map[string]bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	p := w.pending
+	w.pending = nil
+	return p
+}
 
 // subscribe registers a waiter for ids. Subscribe before reading the state
 // a signal announces, so that no signal is missed; call cancel when done.
@@ -144,6 +157,12 @@ func (n *Node) signal(id string) {
 	n.wakeMu.Lock()
 	defer n.wakeMu.Unlock()
 	for w := range n.wake[id] {
+		w.mu.Lock()
+		if w.pending == nil {
+			w.pending = map[string]bool{}
+		}
+		w.pending[id] = true
+		w.mu.Unlock()
 		select {
 		case w.ch <- struct{}{}:
 		default:

@@ -166,26 +166,39 @@ func (n *Node) handlePoll(ctx context.Context, req *Request) (*Response, error) 
 		return nil, refused(op)
 	}
 	for i, pc := range body.Connections {
-		if pc.Cursor > 0 {
+		// Acknowledge what the cursor covers, unless this process did so
+		// for that cursor already: most polls repeat most cursors.
+		if last, _ := n.acked.Load(pc.ID); pc.Cursor > 0 && (last == nil || pc.Cursor > last.(int64)) {
 			if err := n.store.AckOutbox(ctx, pc.ID, pc.Cursor); err != nil {
 				return nil, Wrap(CodeUnavailable, op, err)
 			}
+			n.acked.Store(pc.ID, pc.Cursor)
 		}
 		n.healthOK(ctx, conns[i].ID)
 	}
 	w, cancel := n.subscribe(ids...)
 	defer cancel()
 	deadline := n.clock.After(min(time.Duration(max(body.WaitMS, 0))*time.Millisecond, n.pollWait))
+	read := body.Connections // what the next pass reads: all of them first
 	for {
-		reply, ready, err := n.pollBatches(ctx, body.Connections)
+		reply, ready, err := n.pollBatches(ctx, read)
 		if err != nil {
 			return nil, Wrap(CodeUnavailable, op, err)
 		}
 		if !ready {
 			select {
 			case <-w.ch:
+				// Read again only the connections that were signaled.
+				signaled := w.take()
+				read = read[:0:0]
+				for _, pc := range body.Connections {
+					if signaled[pc.ID] {
+						read = append(read, pc)
+					}
+				}
 				continue
 			case <-n.recheck():
+				read = body.Connections
 				continue
 			case <-ctx.Done():
 				return nil, &Error{Code: CodeUnavailable, Op: op, Message: "poll abandoned", Err: ctx.Err()}

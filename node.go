@@ -126,6 +126,7 @@ type Node struct {
 	wakeMu  sync.Mutex
 	wake    map[string]map[*waiter]struct{} // per connection: who waits for its outbox or status to change
 	inbox   sync.Map                        // connection ID -> *sync.Mutex serializing delivery to the Receiver
+	acked   sync.Map                        // connection ID -> int64: the outbox was acknowledged up to here by a poll
 	changed chan struct{}                   // connections were added or changed status: Run rescans
 	running atomic.Bool
 	health  healthCache

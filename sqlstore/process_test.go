@@ -530,19 +530,7 @@ func TestLongPollWakesAcrossReplicas(t *testing.T) {
 				}
 				return nodes[1].Handle(ctx, r)
 			}))()
-			privLog := newRecvLog()
-			private, err := tether.Open(context.Background(), tether.Config{Store: memstore.New(), Transport: net.Transport("private"), Receiver: privLog})
-			if err != nil {
-				t.Fatal(err)
-			}
-			pc, code, err := nodes[0].Initiate(context.Background(), tether.InitiateRequest{Mode: tether.ModeBasic, LocalName: "A", RemoteName: "B", Name: "A to B"})
-			if err != nil {
-				t.Fatal(err)
-			}
-			qc, err := private.Accept(context.Background(), code, tether.AcceptOptions{})
-			if err != nil {
-				t.Fatal(err)
-			}
+			private, privLog, pc, qc := connectPrivate(t, net, nodes[0])
 			runNodes(t, nodes[1], private)
 			// Replica 0 only stores; it never runs. Each message is sent
 			// while the private side's poll is held by replica 1. The
@@ -584,18 +572,7 @@ func TestReplayToAnotherReplicaRefused(t *testing.T) {
 		}
 		return nodes[0].Handle(ctx, r)
 	}))()
-	private, err := tether.Open(context.Background(), tether.Config{Store: memstore.New(), Transport: net.Transport("private")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	pc, code, err := nodes[0].Initiate(context.Background(), tether.InitiateRequest{Mode: tether.ModeBasic, LocalName: "A", RemoteName: "B", Name: "A to B"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	qc, err := private.Accept(context.Background(), code, tether.AcceptOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	private, _, pc, qc := connectPrivate(t, net, nodes[0])
 	if _, err := private.Send(context.Background(), qc.ID, []byte("once")); err != nil {
 		t.Fatal(err)
 	}
@@ -604,11 +581,32 @@ func TestReplayToAnotherReplicaRefused(t *testing.T) {
 	if captured == nil {
 		t.Fatal("no push captured")
 	}
-	_, err = nodes[1].Handle(context.Background(), captured)
+	_, err := nodes[1].Handle(context.Background(), captured)
 	if tether.ErrorCode(err) != tether.CodeUnauthenticated {
 		t.Fatalf("the replay on the other replica: %v, want refused", err)
 	}
 	if logs[1].count(pc.ID) != 0 {
 		t.Fatal("the replay was delivered")
 	}
+}
+
+// connectPrivate opens a private instance on memstore and connects it to
+// the public initiator; it returns the private node, its receiver's log,
+// and the initiator's and the private side's connections.
+func connectPrivate(t testing.TB, net *tethertest.Network, initiator *tether.Node) (*tether.Node, *recvLog, *tether.Connection, *tether.Connection) {
+	t.Helper()
+	log := newRecvLog()
+	private, err := tether.Open(context.Background(), tether.Config{Store: memstore.New(), Transport: net.Transport("private"), Receiver: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pc, code, err := initiator.Initiate(context.Background(), tether.InitiateRequest{Mode: tether.ModeBasic, LocalName: "A", RemoteName: "B", Name: "A to B"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	qc, err := private.Accept(context.Background(), code, tether.AcceptOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return private, log, pc, qc
 }

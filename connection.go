@@ -3,6 +3,7 @@ package tether
 import (
 	"crypto/ed25519"
 	"maps"
+	"slices"
 	"time"
 )
 
@@ -181,10 +182,7 @@ func (c *Connection) Clone() *Connection {
 		return nil
 	}
 	d := *c
-	d.RemoteKey = append(ed25519.PublicKey(nil), c.RemoteKey...)
-	if c.RemoteKey == nil {
-		d.RemoteKey = nil
-	}
+	d.RemoteKey = slices.Clone(c.RemoteKey)
 	d.Settings = maps.Clone(c.Settings)
 	return &d
 }

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
+	"github.com/tetherkit/tether/internal/wire"
 )
 
 // BenchmarkInvitationCodec measures tether's invitation encode + verify
@@ -28,7 +29,7 @@ func BenchmarkInvitationCodec(b *testing.B) {
 	}
 	parser := newInvitationParser()
 	claims := invitationClaims{
-		timeClaims: timeClaims{Issuer: inv.Issuer, ID: inv.ID, IssuedAt: jwt.NewNumericDate(now),
+		TimeClaims: wire.TimeClaims{Issuer: inv.Issuer, ID: inv.ID, IssuedAt: jwt.NewNumericDate(now),
 			NotBefore: jwt.NewNumericDate(now), ExpiresAt: jwt.NewNumericDate(inv.ExpiresAt)},
 		Version: 1, Connection: inv.Connection, Name: inv.Name, Description: inv.Description,
 		InitiatorName: inv.InitiatorName, AcceptorName: inv.AcceptorName, Mode: inv.Mode, Endpoint: inv.Endpoint,

@@ -1,6 +1,7 @@
 package tether
 
 import (
+	"context"
 	"errors"
 	"strings"
 	"time"
@@ -38,6 +39,9 @@ const (
 	CodeNotConnected      Code = "not_connected"      // the connection is pending or deleted: nothing can be sent on it
 	CodePaused            Code = "paused"             // the peer paused the connection: keep the messages and retry later
 	CodeGone              Code = "gone"               // the peer deleted the connection: stop for good
+	CodeClockSkew         Code = "clock_skew"         // the two instances' clocks differ by more than ClockSkew
+	CodeCanceled          Code = "canceled"           // the caller's context was canceled
+	CodeDeadlineExceeded  Code = "deadline_exceeded"  // the caller's context passed its deadline
 )
 
 // Error is the error type of tether and its adapters. Code is stable API,
@@ -88,24 +92,69 @@ type sentinel struct{ code Code }
 
 func (s *sentinel) Error() string { return "tether: " + strings.ReplaceAll(string(s.code), "_", " ") }
 
-// Sentinels for errors.Is. Every *Error matches the sentinel of its Code.
+// Sentinels for errors.Is, one per Code: every *Error matches the sentinel
+// of its Code, through any wrapping. ErrInternal matches only an *Error with
+// CodeInternal, not every error that ErrorCode reports as internal.
 var (
+	ErrInternal          error = &sentinel{CodeInternal}
+	ErrInvalid           error = &sentinel{CodeInvalid}
 	ErrNotFound          error = &sentinel{CodeNotFound}
 	ErrAlreadyExists     error = &sentinel{CodeAlreadyExists}
 	ErrConflict          error = &sentinel{CodeConflict}
-	ErrInvalid           error = &sentinel{CodeInvalid}
 	ErrInvalidTransition error = &sentinel{CodeInvalidTransition}
+	ErrModeFixed         error = &sentinel{CodeModeFixed}
+	ErrBothPrivate       error = &sentinel{CodeBothPrivate}
 	ErrDamagedCode       error = &sentinel{CodeDamagedCode}
-	ErrAlreadyUsed       error = &sentinel{CodeAlreadyUsed}
+	ErrMalformed         error = &sentinel{CodeMalformed}
+	ErrBadSignature      error = &sentinel{CodeBadSignature}
+	ErrUnknownKey        error = &sentinel{CodeUnknownKey}
 	ErrExpired           error = &sentinel{CodeExpired}
+	ErrNotYetValid       error = &sentinel{CodeNotYetValid}
+	ErrAlreadyUsed       error = &sentinel{CodeAlreadyUsed}
 	ErrRevoked           error = &sentinel{CodeRevoked}
 	ErrURLRefused        error = &sentinel{CodeURLRefused}
+	ErrKeyMismatch       error = &sentinel{CodeKeyMismatch}
+	ErrUnauthenticated   error = &sentinel{CodeUnauthenticated}
 	ErrUnavailable       error = &sentinel{CodeUnavailable}
+	ErrProtocol          error = &sentinel{CodeProtocol}
 	ErrTooLarge          error = &sentinel{CodeTooLarge}
 	ErrNotConnected      error = &sentinel{CodeNotConnected}
 	ErrPaused            error = &sentinel{CodePaused}
 	ErrGone              error = &sentinel{CodeGone}
+	ErrClockSkew         error = &sentinel{CodeClockSkew}
+	ErrCanceled          error = &sentinel{CodeCanceled}
+	ErrDeadlineExceeded  error = &sentinel{CodeDeadlineExceeded}
 )
+
+// HTTPStatus returns the HTTP status that answers an error with code c
+// (the package documentation lists them all): 500 for CodeInternal and for
+// codes it does not know. CodeCanceled maps to 503 Service Unavailable
+// rather than the non-standard 499, since a server's context usually ends
+// because it is shutting down; CodeClockSkew to 400, with the message
+// telling which clock to check.
+func HTTPStatus(c Code) int {
+	switch c {
+	case CodeInvalid, CodeMalformed, CodeDamagedCode, CodeProtocol, CodeNotYetValid, CodeBothPrivate, CodeClockSkew:
+		return 400 // Bad Request
+	case CodeUnauthenticated, CodeBadSignature, CodeUnknownKey, CodeKeyMismatch:
+		return 401 // Unauthorized
+	case CodeURLRefused:
+		return 403 // Forbidden
+	case CodeNotFound:
+		return 404 // Not Found
+	case CodeAlreadyUsed, CodeConflict, CodeAlreadyExists, CodeInvalidTransition, CodeModeFixed, CodeNotConnected:
+		return 409 // Conflict
+	case CodeRevoked, CodeGone, CodeExpired:
+		return 410 // Gone
+	case CodeTooLarge:
+		return 413 // Content Too Large
+	case CodePaused, CodeUnavailable, CodeCanceled:
+		return 503 // Service Unavailable
+	case CodeDeadlineExceeded:
+		return 504 // Gateway Timeout
+	}
+	return 500 // Internal Server Error
+}
 
 // ErrorCode returns the Code of the first *Error in err's chain, CodeInternal
 // for any other non-nil error, and "" for nil.
@@ -135,4 +184,39 @@ func Wrap(code Code, op string, err error) error {
 		return err
 	}
 	return &Error{Code: code, Op: op, Err: err}
+}
+
+// contextError reports the end of the caller's context: CodeCanceled or
+// CodeDeadlineExceeded, with the context's error as the cause, so that
+// errors.Is(err, context.Canceled) holds.
+func contextError(op string, err error) error {
+	code := CodeCanceled
+	if errors.Is(err, context.DeadlineExceeded) {
+		code = CodeDeadlineExceeded
+	}
+	return &Error{Code: code, Op: op, Err: err}
+}
+
+// fail reports err as the failure of op, the operation the host called:
+// the end of ctx as CodeCanceled or CodeDeadlineExceeded, an *Error with its
+// code and message under op (the cause kept), anything else as
+// CodeInternal. nil stays nil.
+func (n *Node) fail(ctx context.Context, op string, err error) error {
+	if err == nil {
+		return nil
+	}
+	if ctx.Err() != nil && (errors.Is(err, ctx.Err()) || ErrorCode(err) == CodeInternal || ErrorCode(err) == CodeUnavailable) {
+		return contextError(op, ctx.Err())
+	}
+	var e *Error
+	if !errors.As(err, &e) {
+		if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+			return contextError(op, err)
+		}
+		return &Error{Code: CodeInternal, Op: op, Err: err}
+	}
+	if e.Op == op {
+		return err
+	}
+	return &Error{Code: e.Code, Op: op, Message: e.Message, Err: e.Err, RetryAfter: e.RetryAfter}
 }

@@ -6,17 +6,19 @@ import (
 	"encoding/json"
 	"strings"
 	"time"
+
+	"github.com/tetherkit/tether/internal/wire"
 )
 
 // SignResponse signs a response to the request whose token is reqAuth with
 // priv, as an impostor answering at a peer's URL would.
 func SignResponse(priv ed25519.PrivateKey, instance string, op Op, reqAuth string, body []byte, now time.Time) string {
-	var c requestClaims
+	var c wire.Claims
 	payload := strings.Split(reqAuth, ".")[1]
 	raw, _ := base64.RawURLEncoding.DecodeString(payload)
 	_ = json.Unmarshal(raw, &c)
-	key := InstanceKey{ID: KeyID(priv.Public().(ed25519.PublicKey)), Private: priv}
-	auth, err := signedMessage(key, instance, "", op, c.Issuer, body, now, "AAAAAAAAAAAAAAAAAAAAAA", c.ID)
+	key := wire.Key{ID: KeyID(priv.Public().(ed25519.PublicKey)), Private: priv}
+	auth, err := wire.SignToken(key, wire.Token{Instance: instance, Op: string(op), Subject: c.Issuer, Body: body, Now: now, Nonce: "AAAAAAAAAAAAAAAAAAAAAA", InReplyTo: c.ID})
 	if err != nil {
 		panic(err)
 	}
@@ -31,7 +33,7 @@ func SignRequest(n *Node, endpoint string, op Op, sub string, body []byte) *Requ
 	if err != nil {
 		panic(err)
 	}
-	auth, err := signedMessage(ks.current, ks.instance, endpoint, op, sub, body, n.clock.Now(), nonce, "")
+	auth, err := wire.SignToken(wireKey(ks.current), wire.Token{Instance: ks.instance, Audience: endpoint, Op: string(op), Subject: sub, Body: body, Now: n.clock.Now(), Nonce: nonce})
 	if err != nil {
 		panic(err)
 	}

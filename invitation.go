@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
+	"github.com/tetherkit/tether/internal/wire"
 )
 
 // Invitation codes.
@@ -29,8 +30,6 @@ const (
 
 	DefaultInvitationTTL = 72 * time.Hour
 	MaxInvitationTTL     = 30 * 24 * time.Hour
-	// InvitationLeeway is the clock skew tolerated on iat, nbf and exp.
-	InvitationLeeway = time.Minute
 
 	checksumLen = 6
 )
@@ -73,7 +72,7 @@ func (inv *Invitation) DestinationPrivate() bool { return inv.Destination == "" 
 
 // invitationClaims is the JWS payload of an invitation code.
 type invitationClaims struct {
-	timeClaims
+	wire.TimeClaims
 	Version       int    `json:"ver"`
 	Connection    string `json:"cid"`
 	Name          string `json:"name"`
@@ -88,7 +87,7 @@ type invitationClaims struct {
 // encodeInvitation signs inv with key and wraps it as a code.
 func encodeInvitation(inv *Invitation, key InstanceKey) (string, error) {
 	c := invitationClaims{
-		timeClaims: timeClaims{
+		TimeClaims: wire.TimeClaims{
 			Issuer:    inv.Issuer,
 			Audience:  inv.Destination,
 			ID:        inv.ID,
@@ -106,7 +105,7 @@ func encodeInvitation(inv *Invitation, key InstanceKey) (string, error) {
 		Endpoint:      inv.Endpoint,
 		Key:           base64.RawURLEncoding.EncodeToString(key.Public()),
 	}
-	s, err := signJWS(typInvitation, key, &c)
+	s, err := wire.Sign(wire.TypInvitation, wireKey(key), &c)
 	if err != nil {
 		return "", err
 	}
@@ -141,7 +140,7 @@ func unwrapCode(op, code string) (string, error) {
 		return "", &Error{Code: CodeDamagedCode, Op: op, Message: "invitation code is damaged or incomplete: copy it again"}
 	}
 	body := code[:dot]
-	if err := precheckJWS(body[len(InvitationPrefix):]); err != nil {
+	if err := wire.Precheck(body[len(InvitationPrefix):]); err != nil {
 		if checksum(body) != code[dot+1:] {
 			return "", &Error{Code: CodeDamagedCode, Op: op, Message: "invitation code is damaged (a character was changed, added or lost): copy it again"}
 		}
@@ -154,10 +153,10 @@ func unwrapCode(op, code string) (string, error) {
 }
 
 // invitationParser verifies codes. It is safe for concurrent use.
-type invitationParser struct{ jws *jwsParser }
+type invitationParser struct{ jws *wire.Parser }
 
 func newInvitationParser() *invitationParser {
-	return &invitationParser{jws: newJWSParser(typInvitation)}
+	return &invitationParser{jws: wire.NewParser(wire.TypInvitation)}
 }
 
 // decode verifies code and checks every claim at time now. When own is not
@@ -170,7 +169,7 @@ func (p *invitationParser) decode(op, code string, now time.Time, own *keySet) (
 		return nil, err
 	}
 	var c invitationClaims
-	err = p.jws.parse(op, s, &c, func(kid string, _ jwt.Claims) (ed25519.PublicKey, error) {
+	err = p.jws.Parse(s, &c, func(kid string, _ jwt.Claims) (ed25519.PublicKey, error) {
 		if own != nil {
 			if k, ok := own.lookup(kid, now); ok {
 				return k, nil
@@ -184,7 +183,7 @@ func (p *invitationParser) decode(op, code string, now time.Time, own *keySet) (
 		return ed25519.PublicKey(k), nil
 	})
 	if err != nil {
-		return nil, err
+		return nil, fromWire(op, err, false)
 	}
 	return c.invitation(op, now)
 }
@@ -207,9 +206,11 @@ func (c *invitationClaims) invitation(op string, now time.Time) (*Invitation, er
 	switch {
 	case !exp.After(iat) || exp.Sub(iat) > MaxInvitationTTL || nbf.Before(iat) || !nbf.Before(exp):
 		return bad("has inconsistent lifetime claims")
-	case iat.After(now.Add(InvitationLeeway)) || nbf.After(now.Add(InvitationLeeway)):
-		return nil, &Error{Code: CodeNotYetValid, Op: op, Message: "invitation is not valid yet: check the clocks of both instances"}
-	case !now.Before(exp.Add(InvitationLeeway)):
+	case iat.After(now.Add(ClockSkew)):
+		return nil, &Error{Code: CodeClockSkew, Op: op, Message: "invitation is dated " + iat.Sub(now).Round(time.Second).String() + " ahead of this instance's clock, more than the " + ClockSkew.String() + " allowed: check the clocks of both instances"}
+	case nbf.After(now.Add(ClockSkew)):
+		return nil, &Error{Code: CodeNotYetValid, Op: op, Message: "invitation is not valid yet"}
+	case !now.Before(exp.Add(ClockSkew)):
 		return nil, &Error{Code: CodeExpired, Op: op, Message: "invitation has expired: ask for a new one"}
 	}
 	key, err := base64.RawURLEncoding.Strict().DecodeString(c.Key)

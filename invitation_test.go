@@ -339,13 +339,14 @@ func TestInvitationTimes(t *testing.T) {
 		{"exp missing", func(h, c map[string]any) { delete(c, "exp") }, 0, tether.CodeMalformed},
 		{"iat missing", func(h, c map[string]any) { delete(c, "iat") }, 0, tether.CodeMalformed},
 		{"nbf missing", func(h, c map[string]any) { delete(c, "nbf") }, 0, tether.CodeMalformed},
-		{"iat in the future beyond leeway", func(h, c map[string]any) {
-			c["iat"], c["nbf"] = unix(2*time.Minute), unix(2*time.Minute)
-		}, 0, tether.CodeNotYetValid},
-		{"nbf in the future beyond leeway", func(h, c map[string]any) { c["nbf"] = unix(10 * time.Minute) }, 0, tether.CodeNotYetValid},
-		{"iat and nbf inside leeway", func(h, c map[string]any) {
-			c["iat"], c["nbf"] = unix(50*time.Second), unix(50*time.Second)
+		{"iat in the future beyond the clock skew", func(h, c map[string]any) {
+			c["iat"], c["nbf"] = unix(tether.ClockSkew+time.Second), unix(tether.ClockSkew+time.Second)
+		}, 0, tether.CodeClockSkew},
+		{"nbf in the future beyond the clock skew", func(h, c map[string]any) { c["nbf"] = unix(10 * time.Minute) }, 0, tether.CodeNotYetValid},
+		{"iat and nbf inside the clock skew", func(h, c map[string]any) {
+			c["iat"], c["nbf"] = unix(tether.ClockSkew-time.Second), unix(tether.ClockSkew-time.Second)
 		}, 0, ""},
+		{"exp passed by the clock skew, behind", func(h, c map[string]any) {}, tether.DefaultInvitationTTL + tether.ClockSkew, tether.CodeExpired},
 		{"lifetime over the maximum", func(h, c map[string]any) { c["exp"] = unix(tether.MaxInvitationTTL + time.Hour) }, 0, tether.CodeMalformed},
 		{"exp before iat", func(h, c map[string]any) { c["exp"] = unix(-time.Hour) }, 0, tether.CodeMalformed},
 		{"exp as a string", func(h, c map[string]any) { c["exp"] = "tomorrow" }, 0, tether.CodeMalformed},

@@ -1,6 +1,7 @@
 package tether
 
 import (
+	"context"
 	"crypto/ed25519"
 	"crypto/sha256"
 	"encoding/base32"
@@ -156,4 +157,32 @@ func (ks *keySet) lookup(kid string, now time.Time) (ed25519.PublicKey, bool) {
 		return nil, false
 	}
 	return k.Public(), true
+}
+
+// RotateKey makes a fresh key this instance's current key. The previous key
+// keeps verifying invitations and signing for the connections that pinned it
+// until overlap has passed (the invitation TTL plus leeway when zero), so
+// pending invitations stay acceptable.
+func (n *Node) RotateKey(ctx context.Context, overlap time.Duration) error {
+	const op = "tether: rotate key"
+	if overlap <= 0 {
+		overlap = n.ttl + InvitationLeeway
+	}
+	return n.fail(ctx, op, retryOnConflict(func() error {
+		inst, err := n.store.LoadInstance(ctx)
+		if err != nil {
+			return err
+		}
+		now := n.clock.Now()
+		k, err := newKey(now, n.rand)
+		if err != nil {
+			return err
+		}
+		next := inst.rotate(k, now, overlap)
+		if err := n.store.SaveInstance(ctx, next); err != nil {
+			return err
+		}
+		n.keys.Store(newKeySet(next))
+		return nil
+	}))
 }

@@ -2,6 +2,7 @@ package tether
 
 import (
 	"context"
+	"strconv"
 	"time"
 )
 
@@ -38,3 +39,29 @@ type ReceiverFunc func(ctx context.Context, m Message) error
 
 // Receive calls f.
 func (f ReceiverFunc) Receive(ctx context.Context, m Message) error { return f(ctx, m) }
+
+// Send stores payload in the connection's outbox with the next sequence
+// number and returns that number. When Send returns the message is
+// durable: Run delivers it, at least once and in order, and it leaves the
+// outbox only after the peer acknowledged it. Paused and inactive
+// connections queue; pending and deleted ones refuse with CodeNotConnected.
+// A payload over Config.MaxPayload is refused with CodeTooLarge.
+func (n *Node) Send(ctx context.Context, connectionID string, payload []byte) (int64, error) {
+	const op = "tether: send"
+	if len(payload) > n.maxPayload {
+		return 0, &Error{Code: CodeTooLarge, Op: op, Message: "payload is larger than the limit of " + strconv.Itoa(n.maxPayload) + " bytes"}
+	}
+	c, err := n.store.GetConnection(ctx, connectionID)
+	if err != nil {
+		return 0, err
+	}
+	if c.Kind != KindPeer || c.Status == StatusPending || c.Status == StatusDeleted {
+		return 0, &Error{Code: CodeNotConnected, Op: op, Message: "cannot send on a connection that is " + string(c.Status)}
+	}
+	seq, err := n.store.AppendOutbox(ctx, connectionID, payload, n.clock.Now())
+	if err != nil {
+		return 0, Wrap(CodeInternal, op, err)
+	}
+	n.signal(connectionID)
+	return seq, nil
+}

@@ -236,8 +236,12 @@ func recorder(h tether.Handler, codes chan<- tether.Code) tether.Handler {
 	return handlerFunc(func(ctx context.Context, r *tether.Request) (*tether.Response, error) {
 		resp, err := h.Handle(ctx, r)
 		if r.Op == tether.OpPush {
+			code := tether.ErrorCode(err)
+			if resp != nil && resp.Code != "" { // a signed refusal
+				code = resp.Code
+			}
 			select {
-			case codes <- tether.ErrorCode(err):
+			case codes <- code:
 			default:
 			}
 		}

@@ -3,20 +3,7 @@ package tether
 import (
 	"context"
 	"strings"
-)
-
-// Op names a request one instance makes of another.
-type Op string
-
-// Operations of the handshake. Later protocol versions add more; a Handler
-// answers an unknown Op with CodeProtocol.
-const (
-	// OpAccept: the acceptor presents the invitation code to a public
-	// initiator and introduces itself.
-	OpAccept Op = "accept"
-	// OpStatus: a private initiator asks a public acceptor whether its
-	// invitation was accepted.
-	OpStatus Op = "status"
+	"time"
 )
 
 // MaxRequestBody bounds the body of a handshake request or response.
@@ -46,9 +33,21 @@ func OpURL(endpoint string, o Op) string {
 
 // Response answers a Request. Auth is a signed token bound to the request's
 // nonce and a digest of Body.
+//
+// A Node answers every authenticated request with a signed Response, also
+// when it refuses it (the connection is paused or deleted, the request's
+// clock is off): then Code is the refusal's code and RetryAfter how long to
+// wait, for transports that show them in their own terms (httptransport
+// answers with the matching HTTP status and a Retry-After header). Both are
+// hints for the transport: the requesting Node reads the refusal from the
+// signed Body, and only a Body signed by the key it pinned changes a
+// connection.
 type Response struct {
 	Auth string
 	Body []byte
+
+	Code       Code
+	RetryAfter time.Duration
 }
 
 // Transport carries requests from this instance to the instance serving a
@@ -57,10 +56,13 @@ type Response struct {
 // in-memory one.
 //
 // Call must be safe for concurrent use. It returns the remote Handler's
-// response, or its error with the Code and Message preserved (the cause is
-// not carried over the wire), or an error with CodeUnavailable when the
-// remote side could not be reached or did not answer. Call must return when
-// ctx ends.
+// Response whenever there is one, refusals included (Auth, Body, Code and
+// RetryAfter carried unchanged). Otherwise it returns an error: the remote
+// Handler's unsigned error, or CodeUnavailable when the remote side could
+// not be reached or did not answer. A Node treats every such error as a
+// transient failure that changes no connection, whatever its code, since
+// anything on the path could have made it up; it keeps only a short,
+// sanitised summary of its text. Call must return when ctx ends.
 type Transport interface {
 	Call(ctx context.Context, endpoint string, req *Request) (*Response, error)
 }

@@ -1,4 +1,4 @@
-package tether
+package wire
 
 import (
 	"bytes"
@@ -14,15 +14,51 @@ import (
 // Token types (the JWS typ header). Each kind of signed object has its own
 // type so one can never be passed off as another (RFC 8725 section 3.11).
 const (
-	typInvitation = "tether-inv+jwt"
-	typRequest    = "tether-req+jwt"
+	TypInvitation = "tether-inv+jwt"
+	TypRequest    = "tether-req+jwt"
 )
 
-const maxKeyIDLen = 64
+// MaxKeyIDLen bounds the kid header.
+const MaxKeyIDLen = 64
 
-// signJWS returns the compact JWS of claims, signed with key. The claims are
-// marshalled without HTML escaping, which keeps codes short.
-func signJWS(typ string, key InstanceKey, claims any) (string, error) {
+// Kind classifies an Error.
+type Kind int
+
+const (
+	Malformed       Kind = iota + 1 // not well formed
+	BadSignature                    // the signature does not verify
+	UnknownKey                      // the kid names no key the lookup knows
+	Unauthenticated                 // signed, but not for this use (operation, audience, body, nonce)
+	ClockSkew                       // the token's time is too far from the verifier's clock
+)
+
+// Error is a failure to parse or verify a token. Message never quotes the
+// input.
+type Error struct {
+	Kind    Kind
+	Message string
+	Err     error
+}
+
+func (e *Error) Error() string {
+	if e.Err != nil {
+		return e.Message + ": " + e.Err.Error()
+	}
+	return e.Message
+}
+
+func (e *Error) Unwrap() error { return e.Err }
+
+// Key is a signing key and its key ID.
+type Key struct {
+	ID      string
+	Private ed25519.PrivateKey
+}
+
+// Sign returns the compact JWS of claims, signed with key, with a header of
+// exactly alg, typ and kid. The claims are marshalled without HTML escaping,
+// which keeps codes short.
+func Sign(typ string, key Key, claims any) (string, error) {
 	var hdr, body bytes.Buffer
 	henc := json.NewEncoder(&hdr)
 	henc.SetEscapeHTML(false)
@@ -52,29 +88,30 @@ func signJWS(typ string, key InstanceKey, claims any) (string, error) {
 	return string(out), nil
 }
 
-// keyLookup returns the key that must have signed a token whose header
+// KeyLookup returns the key that must have signed a token whose header
 // carries kid and whose claims were decoded into claims (not yet verified).
-type keyLookup func(kid string, claims jwt.Claims) (ed25519.PublicKey, error)
+type KeyLookup func(kid string, claims jwt.Claims) (ed25519.PublicKey, error)
 
-// jwsParser parses compact JWS strictly: EdDSA only, the exact typ, a header
+// Parser parses compact JWS strictly: EdDSA only, the exact typ, a header
 // of exactly alg, typ and kid, strict unpadded base64url. It is safe for
 // concurrent use.
-type jwsParser struct {
+type Parser struct {
 	typ string
 	p   *jwt.Parser
 }
 
-func newJWSParser(typ string) *jwsParser {
-	return &jwsParser{typ: typ, p: jwt.NewParser(
+// NewParser returns a Parser for tokens of type typ.
+func NewParser(typ string) *Parser {
+	return &Parser{typ: typ, p: jwt.NewParser(
 		jwt.WithValidMethods([]string{"EdDSA"}),
 		jwt.WithStrictDecoding(),
 		jwt.WithoutClaimsValidation(), // the callers check claims with their own clock
 	)}
 }
 
-// precheckJWS rejects, before any decoding, anything that is not three
+// Precheck rejects, before any decoding, anything that is not three
 // non-empty segments of unpadded base64url. It runs in constant memory.
-func precheckJWS(s string) error {
+func Precheck(s string) error {
 	dots := 0
 	segStart := 0
 	for i := 0; i < len(s); i++ {
@@ -101,39 +138,45 @@ func precheckJWS(s string) error {
 	return nil
 }
 
-// parse verifies s and decodes its claims into claims. Errors are *Error
-// with codes CodeMalformed, CodeBadSignature, CodeUnknownKey (or whatever
-// code lookup returns); their text never includes the token or its kid.
-func (jp *jwsParser) parse(op, s string, claims jwt.Claims, lookup keyLookup) error {
-	if err := precheckJWS(s); err != nil {
-		return &Error{Code: CodeMalformed, Op: op, Message: "token " + err.Error()}
+// Parse verifies s and decodes its claims into claims. Errors are *Error,
+// or whatever lookup returned.
+func (jp *Parser) Parse(s string, claims jwt.Claims, lookup KeyLookup) error {
+	if err := Precheck(s); err != nil {
+		return &Error{Kind: Malformed, Message: "token " + err.Error()}
 	}
+	var fromLookup error
 	_, err := jp.p.ParseWithClaims(s, claims, func(t *jwt.Token) (any, error) {
 		if len(t.Header) != 3 {
-			return nil, &Error{Code: CodeMalformed, Op: op, Message: "header must hold exactly alg, typ and kid"}
+			return nil, &Error{Kind: Malformed, Message: "header must hold exactly alg, typ and kid"}
 		}
 		if typ, _ := t.Header["typ"].(string); typ != jp.typ {
-			return nil, &Error{Code: CodeMalformed, Op: op, Message: "wrong token type"}
+			return nil, &Error{Kind: Malformed, Message: "wrong token type"}
 		}
 		kid, _ := t.Header["kid"].(string)
-		if kid == "" || len(kid) > maxKeyIDLen {
-			return nil, &Error{Code: CodeUnknownKey, Op: op, Message: "unknown key"}
+		if kid == "" || len(kid) > MaxKeyIDLen {
+			return nil, &Error{Kind: UnknownKey, Message: "unknown key"}
 		}
-		return lookup(kid, claims)
+		k, err := lookup(kid, claims)
+		if err != nil {
+			fromLookup = err
+		}
+		return k, err
 	})
 	if err == nil {
 		return nil
 	}
 	var e *Error
 	switch {
+	case fromLookup != nil:
+		return fromLookup
 	case errors.As(err, &e):
 		return e
 	case errors.Is(err, jwt.ErrTokenSignatureInvalid):
-		return &Error{Code: CodeBadSignature, Op: op, Message: "signature does not verify or algorithm is not EdDSA"}
+		return &Error{Kind: BadSignature, Message: "signature does not verify or algorithm is not EdDSA"}
 	case errors.Is(err, jwt.ErrTokenUnverifiable):
-		return &Error{Code: CodeMalformed, Op: op, Message: "unsupported algorithm"}
+		return &Error{Kind: Malformed, Message: "unsupported algorithm"}
 	default:
-		return &Error{Code: CodeMalformed, Op: op, Message: "token is not well formed", Err: stripJWTError(err)}
+		return &Error{Kind: Malformed, Message: "token is not well formed", Err: stripJWTError(err)}
 	}
 }
 
@@ -147,8 +190,8 @@ func stripJWTError(err error) error {
 	return errors.New(msg)
 }
 
-// timeClaims are the registered claims tether uses, with aud a single string.
-type timeClaims struct {
+// TimeClaims are the registered claims tether uses, with aud a single string.
+type TimeClaims struct {
 	Issuer    string           `json:"iss"`
 	Subject   string           `json:"sub,omitempty"`
 	Audience  string           `json:"aud,omitempty"`
@@ -158,12 +201,12 @@ type timeClaims struct {
 	ExpiresAt *jwt.NumericDate `json:"exp,omitempty"`
 }
 
-func (c *timeClaims) GetExpirationTime() (*jwt.NumericDate, error) { return c.ExpiresAt, nil }
-func (c *timeClaims) GetIssuedAt() (*jwt.NumericDate, error)       { return c.IssuedAt, nil }
-func (c *timeClaims) GetNotBefore() (*jwt.NumericDate, error)      { return c.NotBefore, nil }
-func (c *timeClaims) GetIssuer() (string, error)                   { return c.Issuer, nil }
-func (c *timeClaims) GetSubject() (string, error)                  { return c.Subject, nil }
-func (c *timeClaims) GetAudience() (jwt.ClaimStrings, error) {
+func (c *TimeClaims) GetExpirationTime() (*jwt.NumericDate, error) { return c.ExpiresAt, nil }
+func (c *TimeClaims) GetIssuedAt() (*jwt.NumericDate, error)       { return c.IssuedAt, nil }
+func (c *TimeClaims) GetNotBefore() (*jwt.NumericDate, error)      { return c.NotBefore, nil }
+func (c *TimeClaims) GetIssuer() (string, error)                   { return c.Issuer, nil }
+func (c *TimeClaims) GetSubject() (string, error)                  { return c.Subject, nil }
+func (c *TimeClaims) GetAudience() (jwt.ClaimStrings, error) {
 	if c.Audience == "" {
 		return nil, nil
 	}

@@ -1,0 +1,197 @@
+package tether
+
+import (
+	"context"
+	"crypto/ed25519"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"strings"
+	"time"
+	"unicode"
+	"unicode/utf8"
+
+	"github.com/tetherkit/tether/internal/wire"
+)
+
+// request is one signed request to a peer and how to verify its answer.
+type request struct {
+	endpoint string
+	op       Op
+	sub      string // the connection it is for, at the peer
+	body     []byte
+	key      InstanceKey // signs the request
+	// answeredBy is the key that must sign the answer: the one pinned for
+	// the peer, or, in handshake answers, the one the token carries.
+	answeredBy wire.KeyLookup
+}
+
+// call signs and sends r, verifies the answer's token before anything of
+// its body is read, and returns the body and the token's claims. A signed
+// refusal is returned as its *Error, with the peer's code: only such an
+// error may change a connection. Anything else that goes wrong is
+// CodeUnavailable (or CodeURLRefused when this side's policy refused the
+// address), and keeps only a sanitised summary of what the peer said.
+func (n *Node) call(ctx context.Context, op string, r request) ([]byte, *wire.Claims, error) {
+	if n.transport == nil {
+		return nil, nil, &Error{Code: CodeUnavailable, Op: op, Message: "no transport configured"}
+	}
+	nonce, err := randomToken(n.rand)
+	if err != nil {
+		return nil, nil, Wrap(CodeInternal, op, err)
+	}
+	auth, err := wire.SignToken(wireKey(r.key), wire.Token{
+		Instance: n.ID(), Audience: r.endpoint, Op: string(r.op), Subject: r.sub,
+		Body: r.body, Now: n.clock.Now(), Nonce: nonce,
+	})
+	if err != nil {
+		return nil, nil, Wrap(CodeInternal, op, err)
+	}
+	timeout := n.timeout
+	if r.op == OpPoll {
+		timeout += n.pollWait
+	}
+	cctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	resp, err := n.transport.Call(cctx, r.endpoint, &Request{Op: r.op, Auth: auth, Body: r.body})
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, nil, contextError(op, ctx.Err())
+		}
+		return nil, nil, n.unsigned(op, err)
+	}
+	claims, err := n.verify(op, wire.Check{
+		Auth: resp.Auth, Body: resp.Body, Op: string(r.op), InReplyTo: nonce,
+		Lookup: r.answeredBy,
+	})
+	if err != nil {
+		if ErrorCode(err) == CodeKeyMismatch {
+			return nil, nil, err
+		}
+		return nil, nil, n.unsigned(op, err)
+	}
+	if err := refusedIn(op, resp.Body); err != nil {
+		return nil, nil, err
+	}
+	return resp.Body, claims, nil
+}
+
+// refusedIn returns the refusal a verified answer body carries, if any.
+func refusedIn(op string, body []byte) error {
+	if !json.Valid(body) {
+		return nil // decoding the reply reports it
+	}
+	var r refusalBody
+	if json.Unmarshal(body, &r) != nil || r.Refused == nil {
+		return nil
+	}
+	code := r.Refused.Code
+	if code == "" {
+		code = CodeProtocol
+	}
+	return &Error{
+		Code: code, Op: op, Message: "the peer refused: " + sanitize(r.Refused.Message),
+		RetryAfter: min(time.Duration(max(r.Refused.RetryMS, 0))*time.Millisecond, time.Hour),
+	}
+}
+
+// unsigned turns a failure to get a signed answer into a transient error
+// that keeps a short, sanitised summary of what was said.
+func (n *Node) unsigned(op string, err error) error {
+	var e *Error
+	if !errors.As(err, &e) {
+		return &Error{Code: CodeUnavailable, Op: op, Message: "the peer could not be reached", Err: err}
+	}
+	if e.Code == CodeURLRefused || e.Code == CodeKeyMismatch {
+		return err
+	}
+	msg := "no signed answer from the peer"
+	if e.Code != "" && e.Code != CodeUnavailable {
+		msg += " (" + sanitize(string(e.Code)) + ")"
+	}
+	// The peer's claim is kept as the cause, code and summary only: it
+	// informs (errors.Is finds its code) but never changes a connection.
+	claim := &Error{Code: e.Code, Message: sanitize(e.Message)}
+	if e.Code == CodeUnavailable {
+		claim.Err = e.Err // a local failure to reach the peer
+	}
+	return &Error{Code: CodeUnavailable, Op: op, Message: msg, Err: claim, RetryAfter: min(e.RetryAfter, n.retryMax)}
+}
+
+// maxSummary bounds text kept from a peer's answer, in runes.
+const maxSummary = 120
+
+// sanitize returns s without control, format or invalid characters, white
+// space folded, at most maxSummary runes.
+func sanitize(s string) string {
+	var b strings.Builder
+	n, space := 0, false
+	for _, r := range s {
+		switch {
+		case r == utf8.RuneError, unicode.Is(unicode.Cf, r), unicode.IsControl(r) && !unicode.IsSpace(r):
+			continue
+		case unicode.IsSpace(r):
+			space = b.Len() > 0
+			continue
+		case !unicode.IsPrint(r):
+			continue
+		}
+		if n >= maxSummary {
+			b.WriteString("…")
+			break
+		}
+		if space {
+			b.WriteByte(' ')
+			space = false
+			n++
+		}
+		b.WriteRune(r)
+		n++
+	}
+	return b.String()
+}
+
+// exchange sends a request on connection c to its peer and decodes the
+// verified answer into reply (when not nil).
+func (n *Node) exchange(ctx context.Context, op string, c *Connection, o Op, body []byte, reply any) error {
+	key, err := n.signingKey(c)
+	if err != nil {
+		return err
+	}
+	resp, _, err := n.call(ctx, op, request{
+		endpoint: c.RemoteURL, op: o, sub: c.RemoteConnection, body: body, key: key,
+		answeredBy: pinnedKey(op, c.RemoteKey),
+	})
+	if err != nil || reply == nil {
+		return err
+	}
+	return decodeBody(op, resp, n.MaxBody(), reply)
+}
+
+// signingKey returns the key c's peer has pinned for this side.
+func (n *Node) signingKey(c *Connection) (InstanceKey, error) {
+	ks := n.keys.Load()
+	if k, ok := ks.verify[c.LocalKeyID]; ok {
+		return k, nil
+	}
+	return InstanceKey{}, &Error{Code: CodeUnauthenticated, Op: "tether: sign", Message: "the key this connection's peer knows was retired"}
+}
+
+// decodeBody strictly decodes a JSON body into v.
+func decodeBody(op string, body []byte, max int, v any) error {
+	if len(body) > max {
+		return &Error{Code: CodeInvalid, Op: op, Message: "body is too large"}
+	}
+	if err := json.Unmarshal(body, v); err != nil {
+		return &Error{Code: CodeProtocol, Op: op, Message: "body is not valid JSON for this operation"}
+	}
+	return nil
+}
+
+func decodeKey(s string) (ed25519.PublicKey, bool) {
+	k, err := base64.RawURLEncoding.Strict().DecodeString(s)
+	if err != nil || len(k) != ed25519.PublicKeySize {
+		return nil, false
+	}
+	return k, true
+}

@@ -1,0 +1,811 @@
+package tether
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"maps"
+	"time"
+
+	"github.com/tetherkit/tether/internal/wire"
+)
+
+// InitiateRequest describes a connection to initiate.
+type InitiateRequest struct {
+	Owner string
+	// Destination is the partner's URL. Empty means "I don't have a URL":
+	// the destination is private and will contact this instance, which must
+	// then be public.
+	Destination string
+	Mode        Mode // fixed for the connection's life
+	LocalName   string
+	RemoteName  string
+	Name        string
+	Description string
+	Rules       string
+	Settings    map[string]string
+	// TTL is the invitation's lifetime; the node's default when zero.
+	TTL time.Duration
+}
+
+// Initiate creates a Pending connection and returns it with its invitation
+// code, to be handed to the partner out of band. Refused with
+// CodeBothPrivate when this instance is private and Destination is empty.
+func (n *Node) Initiate(ctx context.Context, req InitiateRequest) (*Connection, string, error) {
+	const op = "tether: initiate"
+	if n.endpoint == "" && req.Destination == "" {
+		return nil, "", &Error{Code: CodeBothPrivate, Op: op, Message: "both sides would be private: this instance has no endpoint, so the destination needs a URL"}
+	}
+	if req.Destination != "" {
+		if err := checkURLSyntax("Destination", req.Destination, false); err != nil {
+			return nil, "", withOp(op, err)
+		}
+		// This side may call the destination: apply the policy now.
+		if err := n.policy.Check(req.Destination); err != nil {
+			return nil, "", err
+		}
+	}
+	ttl := req.TTL
+	if ttl == 0 {
+		ttl = n.ttl
+	}
+	if ttl < time.Minute || ttl > MaxInvitationTTL {
+		return nil, "", invalidf(op, "TTL", "must be between 1 minute and 30 days")
+	}
+	id, err := newID("conn", n.clock.Now(), n.rand)
+	if err != nil {
+		return nil, "", err
+	}
+	now := n.clock.Now().Truncate(time.Second) // JWT times have whole seconds
+	if err != nil {
+		return nil, "", err
+	}
+	jti, err := randomToken(n.rand)
+	if err != nil {
+		return nil, "", err
+	}
+	ks := n.keys.Load()
+	c := &Connection{
+		ID: id, Kind: KindPeer, Owner: req.Owner,
+		Name: req.Name, Description: req.Description,
+		LocalName: req.LocalName, RemoteName: req.RemoteName,
+		Mode: req.Mode, Status: StatusPending, Role: RoleInitiator,
+		LocalURL: n.endpoint, RemoteURL: req.Destination,
+		LocalKeyID: ks.current.ID,
+		Invitation: jti, InvitationExpires: now.Add(ttl),
+		Rules: req.Rules, Settings: maps.Clone(req.Settings),
+		CreatedAt: now, UpdatedAt: now,
+	}
+	if err := c.Validate(); err != nil {
+		return nil, "", withOp(op, err)
+	}
+	code, err := encodeInvitation(&Invitation{
+		ID: jti, Issuer: ks.instance, Connection: id,
+		Name: c.Name, Description: c.Description,
+		InitiatorName: c.LocalName, AcceptorName: c.RemoteName, Mode: c.Mode,
+		Endpoint: n.endpoint, Destination: req.Destination,
+		IssuedAt: now, NotBefore: now, ExpiresAt: c.InvitationExpires,
+		Version: InvitationVersion,
+	}, ks.current)
+	if err != nil {
+		return nil, "", err
+	}
+	detail := "invitation issued; destination " + req.Destination
+	if req.Destination == "" {
+		detail = "invitation issued; destination private"
+	}
+	ev := n.event(ctx, EventCreated, detail)
+	if err := n.store.CreateConnection(ctx, c, ev); err != nil {
+		return nil, "", Wrap(CodeInternal, op, err)
+	}
+	n.emit(c.ID, ev)
+	return c, code, nil
+}
+
+// Preview verifies an invitation code and returns what it says (who
+// invites, the connection's name, mode, expiry, which sides are private)
+// without accepting it or contacting anyone, so a host can show it before
+// the user confirms.
+func (n *Node) Preview(code string) (*Invitation, error) {
+	return n.invites.decode("tether: preview invitation", code, n.clock.Now(), nil)
+}
+
+// AcceptOptions tunes Accept.
+type AcceptOptions struct {
+	Owner string
+	// LocalName overrides the short name the initiator proposed for this
+	// side.
+	LocalName string
+}
+
+// Accept accepts an invitation code: it verifies the code, creates this
+// side's connection and completes the handshake with the initiator.
+//
+// An invitation that names a destination URL is accepted only by the
+// instance at that URL: any other is refused with CodeInvalid, and a public
+// initiator checks it by asking that URL.
+//
+// When the initiator is public it is contacted now (after the URL policy
+// allowed its URL): both sides are Active when Accept returns. If its
+// answer is lost, the connection stays Pending on this side, Run asks the
+// initiator until it confirms, and Accept may be called again with the
+// same code. When the initiator is private, this side's connection is
+// Pending, waiting for the initiator: it turns Active when the initiator
+// confirms (it asks this side, then polls it), and is deleted if the
+// initiator has not confirmed by the invitation's expiry plus ClockSkew.
+// See the package documentation for why both sides always agree.
+//
+// Errors: CodeDamagedCode, CodeMalformed, CodeBadSignature, CodeExpired,
+// CodeNotYetValid, CodeClockSkew for a bad code or clocks too far apart;
+// CodeBothPrivate; CodeInvalid when the code is addressed to another
+// instance; CodeURLRefused; CodeAlreadyUsed when the code was accepted
+// before (errors.Is(err, ErrAlreadyUsed)); CodeRevoked; CodeKeyMismatch when
+// the initiator answered with another key than the code pinned;
+// CodeUnavailable when the initiator could not be reached (the connection
+// is then kept Pending, as above).
+func (n *Node) Accept(ctx context.Context, code string, opts AcceptOptions) (*Connection, error) {
+	const op = "tether: accept"
+	now := n.clock.Now()
+	inv, err := n.invites.decode(op, code, now, nil)
+	if err != nil {
+		return nil, err
+	}
+	ks := n.keys.Load()
+	switch {
+	case inv.Endpoint == "" && n.endpoint == "":
+		return nil, &Error{Code: CodeBothPrivate, Op: op, Message: "both sides would be private: the initiator has no endpoint and neither has this instance"}
+	case inv.Destination != "" && inv.Destination != n.endpoint:
+		return nil, &Error{Code: CodeInvalid, Op: op, Message: "the invitation is addressed to " + inv.Destination + ", not to this instance (" + orPrivate(n.endpoint) + ")"}
+	case inv.Issuer == ks.instance:
+		return nil, &Error{Code: CodeInvalid, Op: op, Message: "an instance cannot accept its own invitation"}
+	}
+	if opts.Owner != "" {
+		if err := checkText("Owner", opts.Owner, 0, MaxOwnerLen); err != nil {
+			return nil, withOp(op, err)
+		}
+	}
+	if inv.Endpoint != "" {
+		// This side will call the initiator: apply the policy first.
+		if err := n.policy.Check(inv.Endpoint); err != nil {
+			return nil, err
+		}
+	}
+	c, stored, err := n.acceptance(ctx, op, inv, opts)
+	if err != nil {
+		return nil, err
+	}
+	if inv.Endpoint == "" {
+		if !stored {
+			if err := n.storeAcceptance(ctx, op, inv, c, "accepted the invitation; waiting for the initiator, which is private, to confirm"); err != nil {
+				return nil, err
+			}
+		}
+		n.notifyChanged()
+		return c, nil
+	}
+	// A public initiator with a destination checks this side holds the
+	// acceptance by asking the destination: record it first.
+	if !stored && inv.Destination != "" {
+		if err := n.storeAcceptance(ctx, op, inv, c, "accepted the invitation; presenting it to the initiator"); err != nil {
+			return nil, err
+		}
+		stored = true
+	}
+	reply, err := n.presentInvitation(ctx, op, code, inv, c)
+	switch {
+	case err == nil:
+		return n.confirmAcceptance(ctx, op, c, stored, inv, reply)
+	case !stored && refusedUnsigned(err) != "":
+		// The initiator refused without a signature: nothing is stored, so
+		// nothing changes; say what it claimed.
+		return nil, &Error{Code: refusedUnsigned(err), Op: op, Message: "the initiator refused the acceptance (its answer was not signed)", Err: err}
+	case transient(err):
+		if !stored {
+			if serr := n.storeAcceptance(ctx, op, inv, c, "accepted the invitation; the initiator's answer did not arrive: asking it again"); serr != nil {
+				return nil, serr
+			}
+		}
+		n.healthFail(ctx, c.ID, err, true)
+		n.notifyChanged()
+		return nil, err
+	default:
+		if stored {
+			n.abandonAcceptance(ctx, c.ID, "the initiator refused the acceptance: "+string(ErrorCode(err)))
+		}
+		return nil, err
+	}
+}
+
+// refusedUnsigned returns the code of a definitive refusal the peer made
+// without a signature, wrapped by unsigned; "" if err is not one.
+func refusedUnsigned(err error) Code {
+	var e *Error
+	if !errors.As(err, &e) || e.Code != CodeUnavailable {
+		return ""
+	}
+	var inner *Error
+	if !errors.As(e.Err, &inner) || transient(inner) || inner.Code == "" {
+		return ""
+	}
+	return inner.Code
+}
+
+func orPrivate(endpoint string) string {
+	if endpoint == "" {
+		return "which is private"
+	}
+	return endpoint
+}
+
+// transient reports whether err may go away by itself: the peer could not
+// be reached or gave no signed answer, or this side's context ended.
+func transient(err error) bool {
+	switch ErrorCode(err) {
+	case CodeUnavailable, CodeCanceled, CodeDeadlineExceeded, CodeInternal, CodePaused:
+		return true
+	}
+	return false
+}
+
+// acceptance returns this side's connection for inv: the one stored by an
+// earlier attempt that is still waiting (stored true), or a new one.
+func (n *Node) acceptance(ctx context.Context, op string, inv *Invitation, opts AcceptOptions) (*Connection, bool, error) {
+	// The ID is derived from the invitation so that a retry after a lost
+	// answer is recognised by the initiator as the same acceptance.
+	id := derivedID("conn", inv.IssuedAt, inv.Issuer, inv.ID)
+	old, err := n.store.GetConnection(ctx, id)
+	switch {
+	case err == nil && old.Status == StatusPending && old.Role == RoleAcceptor:
+		return old, true, nil
+	case err == nil:
+		return nil, false, &Error{Code: CodeAlreadyUsed, Op: op, Message: "invitation was already accepted on this instance"}
+	case ErrorCode(err) != CodeNotFound:
+		return nil, false, n.fail(ctx, op, err)
+	}
+	local := opts.LocalName
+	if local == "" {
+		local = inv.AcceptorName
+	}
+	now := n.clock.Now()
+	c := &Connection{
+		ID: id, Kind: KindPeer, Owner: opts.Owner,
+		Name: inv.Name, Description: inv.Description,
+		LocalName: local, RemoteName: inv.InitiatorName,
+		Mode: inv.Mode, Status: StatusPending, Role: RoleAcceptor,
+		LocalURL: n.endpoint, RemoteURL: inv.Endpoint,
+		LocalKeyID:     n.keys.Load().current.ID,
+		RemoteInstance: inv.Issuer, RemoteKey: inv.Key, RemoteConnection: inv.Connection,
+		Invitation: inv.ID, InvitationExpires: inv.ExpiresAt,
+		CreatedAt: now, UpdatedAt: now,
+	}
+	if err := c.Validate(); err != nil {
+		return nil, false, withOp(op, err)
+	}
+	return c, false, nil
+}
+
+// storeAcceptance records a new Pending acceptance, consuming the
+// invitation on this side.
+func (n *Node) storeAcceptance(ctx context.Context, op string, inv *Invitation, c *Connection, detail string) error {
+	evs := []Event{n.event(ctx, EventCreated, "created from the invitation of "+inv.InitiatorName+"; "+detail)}
+	err := n.store.ConsumeInvitation(ctx, inv.Issuer+"/"+inv.ID, acceptanceDeadline(c), c, evs...)
+	if ErrorCode(err) == CodeAlreadyExists || ErrorCode(err) == CodeAlreadyUsed {
+		return &Error{Code: CodeAlreadyUsed, Op: op, Message: "invitation was already accepted on this instance"}
+	}
+	if err != nil {
+		return n.fail(ctx, op, err)
+	}
+	n.emit(c.ID, evs...)
+	return nil
+}
+
+// confirmAcceptance records the public initiator's signed answer and makes
+// this side Active.
+func (n *Node) confirmAcceptance(ctx context.Context, op string, c *Connection, stored bool, inv *Invitation, reply *verifiedReply) (*Connection, error) {
+	now := n.clock.Now()
+	apply := func(c *Connection) {
+		c.Status = StatusActive
+		c.RemoteKey, c.RemoteName = reply.key, reply.Name
+		c.Health = Health{LastContact: now}
+		c.UpdatedAt = now
+	}
+	if !stored {
+		apply(c)
+		evs := []Event{
+			n.event(ctx, EventCreated, "created from the invitation of "+inv.InitiatorName),
+			n.event(ctx, EventAccepted, "accepted the invitation; the initiator confirmed"),
+		}
+		err := n.store.ConsumeInvitation(ctx, inv.Issuer+"/"+inv.ID, acceptanceDeadline(c), c, evs...)
+		if ErrorCode(err) == CodeAlreadyExists || ErrorCode(err) == CodeAlreadyUsed {
+			return nil, &Error{Code: CodeAlreadyUsed, Op: op, Message: "invitation was already accepted on this instance"}
+		}
+		if err != nil {
+			return nil, n.fail(ctx, op, err)
+		}
+		n.emit(c.ID, evs...)
+		n.notifyChanged()
+		return c, nil
+	}
+	out, err := n.edit(ctx, op, c.ID, func(c *Connection) (*Event, error) {
+		if c.Status != StatusPending {
+			return nil, nil // confirmed meanwhile (by Run), or given up
+		}
+		apply(c)
+		ev := n.event(ctx, EventAccepted, "the initiator confirmed the acceptance")
+		return &ev, nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	if out.Status != StatusActive {
+		return nil, &Error{Code: CodeRevoked, Op: op, Message: "the acceptance was given up on this side before the initiator confirmed it"}
+	}
+	n.notifyChanged()
+	return out, nil
+}
+
+// acceptanceDeadline is when an acceptor stops waiting for the initiator
+// to confirm: the invitation's expiry plus ClockSkew, by its own clock.
+func acceptanceDeadline(c *Connection) time.Time { return c.InvitationExpires.Add(ClockSkew) }
+
+// abandonAcceptance deletes a Pending acceptance the initiator will never
+// confirm.
+func (n *Node) abandonAcceptance(ctx context.Context, id, detail string) {
+	ctx = WithActor(ctx, ActorSystem)
+	_, err := n.edit(ctx, "tether: accept", id, func(c *Connection) (*Event, error) {
+		if c.Status != StatusPending {
+			return nil, nil
+		}
+		return n.step(ctx, "tether: accept", c, ActionExpire, EventExpired, detail)
+	})
+	if err != nil && ctx.Err() == nil {
+		n.log.WarnContext(ctx, "tether: give up an acceptance", "connection", id, "err", err)
+	}
+	n.signal(id)
+}
+
+type verifiedReply struct {
+	peerReply
+	key ed25519.PublicKey
+}
+
+// presentInvitation sends the code to the public initiator and checks its
+// answer is signed by the pinned key.
+func (n *Node) presentInvitation(ctx context.Context, op, code string, inv *Invitation, c *Connection) (*verifiedReply, error) {
+	ks := n.keys.Load()
+	body, err := json.Marshal(acceptRequest{
+		Code: code, Instance: ks.instance,
+		Key:      base64.RawURLEncoding.EncodeToString(ks.public),
+		Endpoint: n.endpoint, Connection: c.ID, Name: c.LocalName,
+	})
+	if err != nil {
+		return nil, Wrap(CodeInternal, op, err)
+	}
+	resp, _, err := n.call(ctx, op, request{
+		endpoint: inv.Endpoint, op: OpAccept, sub: inv.Connection, body: body, key: ks.current,
+		answeredBy: pinnedKey(op, inv.Key),
+	})
+	if ErrorCode(err) == CodeKeyMismatch {
+		return nil, &Error{Code: CodeKeyMismatch, Op: op, Message: "the initiator answered with a key other than the one its invitation pinned: acceptance aborted"}
+	}
+	if err != nil {
+		return nil, err
+	}
+	var reply peerReply
+	if err := decodeBody(op, resp, MaxRequestBody, &reply); err != nil {
+		return nil, err
+	}
+	key, ok := decodeKey(reply.Key)
+	if !ok || !key.Equal(inv.Key) || reply.Instance != inv.Issuer || reply.Connection != inv.Connection {
+		return nil, &Error{Code: CodeProtocol, Op: op, Message: "the initiator's answer does not match its invitation"}
+	}
+	if err := checkText("name", reply.Name, 1, MaxShortNameLen); err != nil {
+		return nil, &Error{Code: CodeProtocol, Op: op, Message: "the initiator's answer has an invalid short name"}
+	}
+	return &verifiedReply{peerReply: reply, key: key}, nil
+}
+
+// Sync does one round of Run's handshake work now: it completes or closes
+// the pending handshakes this instance takes part in, and returns the
+// first error it met (it carries on past errors with the other
+// connections).
+func (n *Node) Sync(ctx context.Context) error {
+	var first error
+	opts := ListOptions{Status: StatusPending, Kind: KindPeer, Limit: MaxPageSize}
+	for {
+		conns, next, err := n.store.ListConnections(ctx, opts)
+		if err != nil {
+			return n.fail(ctx, "tether: sync", err)
+		}
+		for _, c := range conns {
+			if err := n.syncPending(ctx, c); err != nil && first == nil {
+				first = err
+			}
+		}
+		if next == "" {
+			return first
+		}
+		opts.After = next
+	}
+}
+
+func (n *Node) syncPending(ctx context.Context, c *Connection) error {
+	if c.Role == RoleAcceptor {
+		return n.syncAcceptance(ctx, c)
+	}
+	const op = "tether: sync"
+	expired := !n.clock.Now().Before(c.InvitationExpires.Add(ClockSkew))
+	if n.endpoint != "" || c.RemoteURL == "" {
+		// The acceptor calls this side; past the expiry it never will.
+		if expired {
+			return n.expireInvitation(ctx, c.ID)
+		}
+		return nil
+	}
+	// A private initiator asks the destination, also once past the expiry:
+	// an acceptance made in time still completes.
+	reply, err := n.askStatus(ctx, c)
+	if err != nil {
+		if expired {
+			return n.expireInvitation(ctx, c.ID)
+		}
+		n.healthFail(ctx, c.ID, err, true)
+		return err
+	}
+	err = n.completeAsInitiator(WithActor(ctx, ActorRemote), c.ID, c.Invitation, reply, "accepted by "+reply.Name+", confirmed by asking the destination")
+	if errors.Is(err, ErrAlreadyUsed) {
+		return nil
+	}
+	if err != nil {
+		return n.fail(ctx, op, err)
+	}
+	// Tell the acceptor at once; its first poll would tell it too.
+	if c, err := n.store.GetConnection(ctx, c.ID); err == nil {
+		if err := n.exchange(ctx, op, c, OpStatus, []byte(confirmJSON), nil); err != nil {
+			n.log.DebugContext(ctx, "tether: confirm the acceptance", "connection", c.ID, "err", err)
+		}
+	}
+	return nil
+}
+
+// confirmJSON is the status request of an initiator that recorded the
+// acceptance.
+const confirmJSON = `{"confirmed":true}`
+
+// expireInvitation closes a Pending invitation this instance initiated.
+func (n *Node) expireInvitation(ctx context.Context, id string) error {
+	ctx = WithActor(ctx, ActorSystem)
+	_, err := n.edit(ctx, "tether: sync", id, func(c *Connection) (*Event, error) {
+		if c.Status != StatusPending {
+			return nil, nil
+		}
+		return n.step(ctx, "tether: sync", c, ActionExpire, EventExpired, "invitation expired without being accepted")
+	})
+	return err
+}
+
+// syncAcceptance follows up an acceptance the initiator has not confirmed
+// yet: a public initiator is asked; past the deadline the acceptance is
+// given up.
+func (n *Node) syncAcceptance(ctx context.Context, c *Connection) error {
+	const op = "tether: sync"
+	if c.RemoteURL != "" {
+		err := n.exchange(ctx, op, c, OpStatus, nil, nil)
+		switch {
+		case err == nil:
+			_, err = n.peerConfirmed(ctx, c.ID)
+			return err
+		case !transient(err):
+			n.abandonAcceptance(ctx, c.ID, "the initiator refused the acceptance: "+string(ErrorCode(err)))
+			return nil
+		}
+		n.healthFail(ctx, c.ID, err, true)
+	}
+	if !n.clock.Now().Before(acceptanceDeadline(c)) {
+		n.abandonAcceptance(ctx, c.ID, "the initiator did not confirm the acceptance before the invitation expired")
+		if c.RemoteURL != "" {
+			// Best effort: a public initiator that recorded this side
+			// learns it is deleted here.
+			n.notifyPeer(ctx, c, OpClose)
+		}
+	}
+	return nil
+}
+
+// peerConfirmed makes a Pending acceptance Active: the initiator proved it
+// recorded it (it polled, pushed, or said so). Past the deadline the
+// acceptance is given up instead, and the peer learns at its next request.
+func (n *Node) peerConfirmed(ctx context.Context, id string) (*Connection, error) {
+	const op = "tether: confirm acceptance"
+	ctx = WithActor(ctx, ActorRemote)
+	c, err := n.edit(ctx, op, id, func(c *Connection) (*Event, error) {
+		if c.Status != StatusPending || c.Role != RoleAcceptor {
+			return nil, nil
+		}
+		if !n.clock.Now().Before(acceptanceDeadline(c)) {
+			return n.step(WithActor(ctx, ActorSystem), op, c, ActionExpire, EventExpired, "the initiator confirmed after the invitation expired")
+		}
+		c.Health = Health{LastContact: n.clock.Now()}
+		return n.step(ctx, op, c, ActionAccept, EventAccepted, "the initiator confirmed the acceptance")
+	})
+	if err == nil {
+		n.signal(id)
+		n.notifyChanged()
+	}
+	return c, err
+}
+
+// askStatus asks a public acceptor whether it accepted c's invitation. The
+// answer's token carries the acceptor's key, so it is verified before its
+// body is read; the body then proves the acceptor holds the code.
+func (n *Node) askStatus(ctx context.Context, c *Connection) (*verifiedReply, error) {
+	const op = "tether: ask the destination"
+	if err := n.policy.Check(c.RemoteURL); err != nil {
+		return nil, err
+	}
+	key, err := n.signingKey(c)
+	if err != nil {
+		return nil, err
+	}
+	acceptorID := derivedID("conn", c.CreatedAt, n.ID(), c.Invitation)
+	body, claims, err := n.call(ctx, op, request{
+		endpoint: c.RemoteURL, op: OpStatus, sub: acceptorID, key: key,
+		answeredBy: wire.EmbeddedKey(KeyID),
+	})
+	if err != nil {
+		return nil, err
+	}
+	pub, _ := decodeKey(claims.Key)
+	var reply peerReply
+	if err := decodeBody(op, body, MaxRequestBody, &reply); err != nil {
+		return nil, err
+	}
+	switch {
+	case reply.Key != claims.Key || reply.Instance != claims.Issuer:
+		return nil, &Error{Code: CodeProtocol, Op: op, Message: "the destination's answer does not match its signature"}
+	case reply.Proof != acceptProof(c.Invitation, pub):
+		return nil, &Error{Code: CodeUnauthenticated, Op: op, Message: "the destination could not prove it holds the invitation code"}
+	case reply.Connection != acceptorID || checkID("instance", reply.Instance) != nil || reply.Endpoint != c.RemoteURL:
+		return nil, &Error{Code: CodeProtocol, Op: op, Message: "the destination's answer does not match the invitation"}
+	case checkText("name", reply.Name, 1, MaxShortNameLen) != nil:
+		return nil, &Error{Code: CodeProtocol, Op: op, Message: "the destination's answer has an invalid short name"}
+	}
+	return &verifiedReply{peerReply: reply, key: pub}, nil
+}
+
+// completeAsInitiator records the acceptor on a Pending connection this
+// instance initiated and makes it Active, consuming the invitation. If the
+// same acceptor already completed it, it returns nil; another acceptor gets
+// CodeAlreadyUsed.
+func (n *Node) completeAsInitiator(ctx context.Context, id, jti string, r *verifiedReply, detail string) error {
+	const op = "tether: complete handshake"
+	return retryOnConflict(func() error {
+		c, err := n.store.GetConnection(ctx, id)
+		if err != nil {
+			return err
+		}
+		switch {
+		case c.Role != RoleInitiator || c.Invitation != jti:
+			return &Error{Code: CodeRevoked, Op: op, Message: "invitation was revoked or replaced"}
+		case c.Status != StatusPending && c.RemoteInstance == r.Instance && c.RemoteConnection == r.Connection && c.RemoteKey.Equal(r.key):
+			return nil // a retry of the acceptance that completed the handshake
+		case c.Status == StatusDeleted:
+			return &Error{Code: CodeRevoked, Op: op, Message: "invitation was revoked or has expired"}
+		case c.Status != StatusPending:
+			return &Error{Code: CodeAlreadyUsed, Op: op, Message: "invitation was already used"}
+		}
+		c.Status = StatusActive
+		c.RemoteInstance, c.RemoteKey, c.RemoteConnection = r.Instance, r.key, r.Connection
+		c.RemoteURL, c.RemoteName = r.Endpoint, r.Name
+		now := n.clock.Now()
+		c.UpdatedAt = now
+		c.Health = Health{LastContact: now}
+		ev := n.event(ctx, EventAccepted, detail)
+		err = n.store.ConsumeInvitation(ctx, n.ID()+"/"+c.Invitation, c.InvitationExpires.Add(ClockSkew), c, ev)
+		if ErrorCode(err) == CodeAlreadyUsed {
+			// Re-read: it may be this same acceptor's earlier attempt.
+			return &Error{Code: CodeConflict, Op: op, Err: err}
+		}
+		if err == nil {
+			n.emit(c.ID, ev)
+			n.notifyChanged()
+		}
+		return err
+	})
+}
+
+// handleAccept runs on a public initiator: an acceptor presents the code.
+// Once the acceptor's signature and the code are verified, every answer is
+// signed with the key the code pinned, refusals included.
+func (n *Node) handleAccept(ctx context.Context, req *Request) (*Response, error) {
+	const op = "tether: handle accept"
+	var body acceptRequest
+	if err := decodeBody(op, req.Body, MaxRequestBody, &body); err != nil {
+		return nil, err
+	}
+	key, ok := decodeKey(body.Key)
+	if !ok {
+		return nil, refused(op)
+	}
+	now := n.clock.Now()
+	claims, err := n.verify(op, wire.Check{
+		Auth: req.Auth, Body: req.Body, Op: string(OpAccept), Audience: n.endpoint,
+		Target: req.Target, TargetPath: targetPath(n.endpoint, OpAccept),
+		Now: now, Skew: ClockSkew, Lookup: pinnedKey(op, key),
+	})
+	late := ErrorCode(err) == CodeClockSkew
+	if err != nil && !late || claims == nil || claims.Issuer != body.Instance {
+		return nil, refused(op)
+	}
+	ks := n.keys.Load()
+	inv, err := n.invites.decode(op, body.Code, now, ks)
+	if err != nil {
+		return nil, err // not signed: the code may not even be this instance's
+	}
+	if claims.Subject != inv.Connection {
+		return nil, refused(op)
+	}
+	// Answers are signed with the key the code pinned, as the acceptor
+	// expects, and name the initiator's connection.
+	signer := &Connection{ID: inv.Connection, LocalKeyID: inv.KeyID}
+	refuse := func(err error) (*Response, error) {
+		return n.refusal(op, &authenticated{conn: signer, claims: claims}, err)
+	}
+	if late {
+		return refuse(&Error{Code: CodeClockSkew, Op: op, Message: "the acceptor's clock and the initiator's differ by more than " + ClockSkew.String() + ": check the clocks of both instances"})
+	}
+	if !n.fresh(ctx, claims, now) {
+		return nil, refused(op)
+	}
+	for _, err := range []error{
+		checkID("instance", body.Instance),
+		checkID("connection", body.Connection),
+		checkURLSyntax("endpoint", body.Endpoint, true),
+		checkText("name", body.Name, 1, MaxShortNameLen),
+	} {
+		if err != nil {
+			return refuse(withOp(op, err))
+		}
+	}
+	if body.Connection != derivedID("conn", inv.IssuedAt, inv.Issuer, inv.ID) {
+		return refuse(&Error{Code: CodeProtocol, Op: op, Message: "the acceptor's connection ID does not derive from the invitation"})
+	}
+	if inv.Destination != "" && body.Endpoint != inv.Destination {
+		return refuse(&Error{Code: CodeInvalid, Op: op, Message: "the invitation is addressed to " + inv.Destination + ", not to the instance that presented it"})
+	}
+	if body.Endpoint != "" {
+		// This side will call the acceptor's endpoint later.
+		if err := n.policy.Check(body.Endpoint); err != nil {
+			return refuse(err)
+		}
+	}
+	peer := &verifiedReply{
+		peerReply: peerReply{Instance: body.Instance, Key: body.Key, Connection: body.Connection, Endpoint: body.Endpoint, Name: body.Name},
+		key:       key,
+	}
+	if inv.Destination != "" {
+		// Only the instance at the destination may accept: ask it whether
+		// it holds this acceptance, with this key.
+		if err := n.checkDestination(ctx, inv, peer); err != nil {
+			return refuse(err)
+		}
+	}
+	err = n.completeAsInitiator(WithActor(ctx, ActorRemote), inv.Connection, inv.ID, peer, "accepted by "+body.Name)
+	if err != nil {
+		return refuse(err)
+	}
+	c, err := n.store.GetConnection(ctx, inv.Connection)
+	if err != nil {
+		return refuse(err)
+	}
+	return n.signAnswer(op, c, claims, n.introduction(c, false), false)
+}
+
+// checkDestination asks the destination of inv whether it is the acceptor
+// that presented the code: it must answer, signed with the key the
+// acceptor presented, that it holds the acceptance.
+func (n *Node) checkDestination(ctx context.Context, inv *Invitation, peer *verifiedReply) error {
+	const op = "tether: check the destination"
+	key, ok := n.keys.Load().verify[inv.KeyID]
+	if !ok {
+		return &Error{Code: CodeUnknownKey, Op: op, Message: "invitation was signed with a key this instance no longer has"}
+	}
+	body, _, err := n.call(ctx, op, request{
+		endpoint: inv.Destination, op: OpStatus, sub: peer.Connection, key: key,
+		answeredBy: pinnedKey(op, peer.key),
+	})
+	if err != nil {
+		return &Error{Code: CodeUnauthenticated, Op: op, Message: "the destination did not confirm it accepted the invitation (" + string(ErrorCode(err)) + ")"}
+	}
+	var reply peerReply
+	if err := decodeBody(op, body, MaxRequestBody, &reply); err != nil {
+		return err
+	}
+	if reply.Proof != acceptProof(inv.ID, peer.key) || reply.Connection != peer.Connection || reply.Instance != peer.Instance {
+		return &Error{Code: CodeUnauthenticated, Op: op, Message: "the destination did not confirm it accepted the invitation"}
+	}
+	return nil
+}
+
+// statusRequest is the body of OpStatus: empty to ask, or confirmed when a
+// private initiator tells the acceptor it recorded the acceptance.
+type statusRequest struct {
+	Confirmed bool `json:"confirmed,omitempty"`
+}
+
+// handleStatus answers one side of a handshake asking the other: a private
+// initiator (or a public initiator checking its destination) asks the
+// acceptor, or an acceptor whose answer was lost asks a public initiator.
+func (n *Node) handleStatus(ctx context.Context, req *Request) (*Response, error) {
+	const op = "tether: handle status"
+	return n.serve(ctx, op, req, func(a *authenticated) (any, error) {
+		var body statusRequest
+		if len(req.Body) > 0 {
+			if err := decodeBody(op, req.Body, MaxRequestBody, &body); err != nil {
+				return nil, err
+			}
+		}
+		c := a.conn
+		if c.Role == RoleAcceptor && c.Status == StatusPending {
+			if body.Confirmed || !n.clock.Now().Before(acceptanceDeadline(c)) {
+				got, err := n.peerConfirmed(ctx, c.ID)
+				if err != nil {
+					return nil, err
+				}
+				c = got
+			}
+		}
+		if c.Status == StatusDeleted {
+			return nil, &Error{Code: CodeRevoked, Op: op, Message: "the connection was deleted on this side"}
+		}
+		a.conn, a.withKey = c, c.Role == RoleAcceptor
+		return n.introduction(c, c.Role == RoleAcceptor), nil
+	})
+}
+
+// introduction is this side's part of a handshake answer; withProof adds
+// the proof that this side holds the invitation code.
+func (n *Node) introduction(c *Connection, withProof bool) peerReply {
+	key, _ := n.signingKey(c)
+	r := peerReply{
+		Instance: n.ID(), Key: base64.RawURLEncoding.EncodeToString(key.Public()),
+		Connection: c.ID, Endpoint: n.endpoint, Name: c.LocalName,
+	}
+	if withProof {
+		r.Proof = acceptProof(c.Invitation, key.Public())
+	}
+	return r
+}
+
+type acceptRequest struct {
+	Code       string `json:"code"`               // the invitation code: proof of possession
+	Instance   string `json:"instance"`           // acceptor instance ID
+	Key        string `json:"key"`                // acceptor public key, base64url
+	Endpoint   string `json:"endpoint,omitempty"` // acceptor URL; empty when private
+	Connection string `json:"connection"`         // acceptor connection ID
+	Name       string `json:"name"`               // acceptor short name
+}
+
+// peerReply introduces the answering side: the reply to accept and status.
+type peerReply struct {
+	Instance   string `json:"instance"`
+	Key        string `json:"key"` // the key to pin from now on, base64url
+	Connection string `json:"connection"`
+	Endpoint   string `json:"endpoint,omitempty"`
+	Name       string `json:"name"`
+	// Proof, in a status reply, shows the acceptor holds the invitation
+	// code: base64url SHA-256 over the invitation ID and the acceptor key.
+	Proof string `json:"proof,omitempty"`
+}
+
+func acceptProof(jti string, key ed25519.PublicKey) string {
+	h := sha256.New()
+	h.Write([]byte("tether accept proof\x00"))
+	h.Write([]byte(jti))
+	h.Write([]byte{0})
+	h.Write(key)
+	return base64.RawURLEncoding.EncodeToString(h.Sum(nil))
+}

@@ -1,0 +1,276 @@
+package tether
+
+import (
+	"context"
+	"maps"
+	"strconv"
+)
+
+// Update is a change to a connection's editable fields; nil fields stay as
+// they are.
+type Update struct {
+	Name        *string
+	Description *string
+	Rules       *string
+	// Settings, when not nil, replaces all settings.
+	Settings map[string]string
+	// Mode, when not nil, must equal the connection's mode: the mode is
+	// fixed at creation and any other value fails with CodeModeFixed.
+	Mode *Mode
+}
+
+// Update changes a connection's name, description, rules or settings.
+// Deleted connections cannot change (CodeInvalidTransition).
+func (n *Node) Update(ctx context.Context, id string, u Update) (*Connection, error) {
+	const op = "tether: update"
+	return n.edit(ctx, op, id, func(c *Connection) (*Event, error) {
+		if u.Mode != nil && *u.Mode != c.Mode {
+			return nil, &Error{Code: CodeModeFixed, Op: op, Message: "mode cannot be changed after the connection is created"}
+		}
+		if c.Status == StatusDeleted {
+			return nil, &Error{Code: CodeInvalidTransition, Op: op, Message: "a deleted connection cannot be changed"}
+		}
+		var changed []string
+		if u.Name != nil && *u.Name != c.Name {
+			c.Name = *u.Name
+			changed = append(changed, "name")
+		}
+		if u.Description != nil && *u.Description != c.Description {
+			c.Description = *u.Description
+			changed = append(changed, "description")
+		}
+		if u.Rules != nil && *u.Rules != c.Rules {
+			c.Rules = *u.Rules
+			c.RulesVersion++
+			changed = append(changed, "rules")
+		}
+		if u.Settings != nil && !maps.Equal(u.Settings, c.Settings) {
+			c.Settings = maps.Clone(u.Settings)
+			changed = append(changed, "settings")
+		}
+		if len(changed) == 0 {
+			return nil, nil
+		}
+		ev := n.event(ctx, EventUpdated, "changed "+joinWords(changed))
+		return &ev, nil
+	})
+}
+
+// Pause stops delivery on an Active connection. Send keeps queuing, and
+// the peer's deliveries are answered "paused, retry later" so they stay
+// queued on its side too: nothing is lost.
+func (n *Node) Pause(ctx context.Context, id string) (*Connection, error) {
+	c, err := n.act(ctx, "tether: pause", id, ActionPause, EventPaused, "paused")
+	if err == nil {
+		n.signal(id)
+	}
+	return c, err
+}
+
+// Activate resumes a Paused connection where it stopped, and tells a
+// public peer so its queued messages flow again at once.
+func (n *Node) Activate(ctx context.Context, id string) (*Connection, error) {
+	c, err := n.act(ctx, "tether: activate", id, ActionActivate, EventActivated, "activated")
+	if err == nil {
+		n.signal(id)
+		n.notifyChanged()
+		n.notifyPeer(ctx, c, OpResume)
+	}
+	return c, err
+}
+
+// Delete soft-deletes a connection: it stays readable with its events, and
+// nothing is sent or accepted on it any more. A public peer is told now; a
+// private one learns at its next request. Either way the peer marks its
+// side deleted and stops retrying.
+func (n *Node) Delete(ctx context.Context, id string) (*Connection, error) {
+	c, err := n.act(ctx, "tether: delete", id, ActionDelete, EventDeleted, "deleted")
+	if err == nil {
+		n.signal(id)
+		n.notifyPeer(ctx, c, OpClose)
+	}
+	return c, err
+}
+
+// RevokeInvitation withdraws the invitation of a Pending connection this
+// instance initiated: the code can no longer be accepted and the connection
+// moves to Deleted. Other connections are unaffected.
+func (n *Node) RevokeInvitation(ctx context.Context, id string) (*Connection, error) {
+	const op = "tether: revoke invitation"
+	return n.edit(ctx, op, id, func(c *Connection) (*Event, error) {
+		if c.Role != RoleInitiator {
+			return nil, &Error{Code: CodeInvalidTransition, Op: op, Message: "only the initiator can revoke an invitation"}
+		}
+		return n.step(ctx, op, c, ActionRevoke, EventRevoked, "invitation revoked")
+	})
+}
+
+// act applies action a to connection id through the transition table
+// and records an event of type t.
+func (n *Node) act(ctx context.Context, op, id string, a Action, t EventType, detail string) (*Connection, error) {
+	return n.edit(ctx, op, id, func(c *Connection) (*Event, error) {
+		return n.step(ctx, op, c, a, t, detail)
+	})
+}
+
+// step applies action a to c in memory, through the transition table, and
+// returns the event to record with it.
+func (n *Node) step(ctx context.Context, op string, c *Connection, a Action, t EventType, detail string) (*Event, error) {
+	next, ok := Next(c.Status, a)
+	if !ok {
+		return nil, &Error{Code: CodeInvalidTransition, Op: op, Message: "cannot " + string(a) + " a connection that is " + string(c.Status)}
+	}
+	c.Status = next
+	ev := n.event(ctx, t, detail)
+	return &ev, nil
+}
+
+// edit reads a connection, applies change and writes it back with the
+// event change returns, retrying when another writer got there first. A nil
+// event means nothing changed and nothing is written.
+func (n *Node) edit(ctx context.Context, op, id string, change func(*Connection) (*Event, error)) (*Connection, error) {
+	var out *Connection
+	err := retryOnConflict(func() error {
+		c, err := n.store.GetConnection(ctx, id)
+		if err != nil {
+			return err
+		}
+		ev, err := change(c)
+		if err != nil || ev == nil {
+			out = c
+			return err
+		}
+		c.UpdatedAt = n.clock.Now()
+		if err := n.store.UpdateConnection(ctx, c, *ev); err != nil {
+			return err
+		}
+		n.emit(c.ID, *ev)
+		out = c
+		return nil
+	})
+	if err != nil {
+		return nil, n.fail(ctx, op, err)
+	}
+	return out, nil
+}
+
+// conflictRetries bounds how often a compare-and-swap is tried again when
+// another writer changed the record since it was read.
+const conflictRetries = 10
+
+// retryOnConflict runs attempt, a read-change-write, again while it fails
+// with CodeConflict, at most conflictRetries more times.
+func retryOnConflict(attempt func() error) error {
+	for i := 0; ; i++ {
+		err := attempt()
+		if ErrorCode(err) != CodeConflict || i == conflictRetries {
+			return err
+		}
+	}
+}
+
+// eventOf is the event each action records.
+func eventOf(a Action) (EventType, bool) {
+	switch a {
+	case ActionAccept:
+		return EventAccepted, true
+	case ActionPause:
+		return EventPaused, true
+	case ActionActivate:
+		return EventActivated, true
+	case ActionDelete:
+		return EventDeleted, true
+	case ActionRevoke:
+		return EventRevoked, true
+	case ActionExpire:
+		return EventExpired, true
+	case ActionAuthLost:
+		return EventAuthLost, true
+	case ActionReauthorize:
+		return EventReauthorized, true
+	}
+	return "", false
+}
+
+// Transition applies action to a connection through the transition table
+// (Next) and records the matching event with detail, in one atomic step,
+// retrying when another writer changed the connection meanwhile. It is the
+// lifecycle seam for adapters that drive connections of their own (the
+// oauth package marks an org connection inactive with ActionAuthLost and
+// restores it with ActionReauthorize); hosts use Pause, Activate and
+// Delete, which also tell the peer. A move the table does not allow fails
+// with CodeInvalidTransition.
+func (n *Node) Transition(ctx context.Context, id string, action Action, detail string) (*Connection, error) {
+	const op = "tether: transition"
+	t, ok := eventOf(action)
+	if !ok {
+		return nil, &Error{Code: CodeInvalid, Op: op, Message: "unknown action " + strconv.Quote(string(action))}
+	}
+	if err := checkText("detail", detail, 0, MaxDescriptionLen); err != nil {
+		return nil, withOp(op, err)
+	}
+	c, err := n.act(ctx, op, id, action, t, detail)
+	if err == nil {
+		n.signal(id)
+		n.notifyChanged()
+	}
+	return c, err
+}
+
+func joinWords(w []string) string {
+	s := ""
+	for i, x := range w {
+		switch {
+		case i == 0:
+		case i == len(w)-1:
+			s += " and "
+		default:
+			s += ", "
+		}
+		s += x
+	}
+	return s
+}
+
+// peerDeleted records that the peer deleted a connection.
+func (n *Node) peerDeleted(ctx context.Context, id string) {
+	_, err := n.edit(WithActor(ctx, ActorRemote), "tether: peer deleted", id, func(c *Connection) (*Event, error) {
+		if c.Status == StatusDeleted {
+			return nil, nil
+		}
+		return n.step(WithActor(ctx, ActorRemote), "tether: peer deleted", c, ActionDelete, EventDeleted, "deleted by the peer")
+	})
+	if err != nil && ctx.Err() == nil {
+		n.log.WarnContext(ctx, "tether: record deletion by peer", "connection", id, "err", err)
+	}
+	n.signal(id)
+}
+
+// notifyPeer tells a public peer about a local status change, best effort:
+// a peer that misses it learns at its next request.
+func (n *Node) notifyPeer(ctx context.Context, c *Connection, o Op) {
+	if c.RemoteURL == "" || c.RemoteConnection == "" || n.transport == nil {
+		return
+	}
+	if err := n.exchange(ctx, "tether: notify peer", c, o, []byte("{}"), nil); err != nil {
+		n.log.InfoContext(ctx, "tether: peer not told", "connection", c.ID, "op", string(o), "err", err)
+	}
+}
+
+// handleClose records that the peer deleted the connection.
+func (n *Node) handleClose(ctx context.Context, req *Request) (*Response, error) {
+	const op = "tether: handle close"
+	return n.serve(ctx, op, req, func(a *authenticated) (any, error) {
+		n.peerDeleted(ctx, a.conn.ID)
+		return struct{}{}, nil
+	})
+}
+
+// handleResume wakes the sender of a connection the peer activated again.
+func (n *Node) handleResume(ctx context.Context, req *Request) (*Response, error) {
+	const op = "tether: handle resume"
+	return n.serve(ctx, op, req, func(a *authenticated) (any, error) {
+		n.signal(a.conn.ID)
+		return struct{}{}, nil
+	})
+}

@@ -1,0 +1,214 @@
+package tether
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"strconv"
+	"time"
+)
+
+// Delivery limits.
+const (
+	batchBytes = 1 << 20 // payload bytes per batch, unless one message is larger
+	// MaxPollConnections bounds the connections one poll may carry.
+	MaxPollConnections = 1000
+	// maxPollBody fits a poll of MaxPollConnections with the longest IDs
+	// and cursors.
+	maxPollBody = MaxPollConnections*128 + 1024
+)
+
+// MaxBody returns the largest request or response body this node sends or
+// accepts: a transport's own limit must not be lower.
+func (n *Node) MaxBody() int {
+	p := max(n.maxPayload, batchBytes)
+	return p/3*4 + 64<<10
+}
+
+type wireMessage struct {
+	Seq     int64  `json:"seq"`
+	Payload []byte `json:"payload"`
+}
+
+type pushRequest struct {
+	Messages []wireMessage `json:"messages"`
+}
+
+type pushReply struct {
+	Acked int64  `json:"acked"`
+	Error string `json:"error,omitempty"` // why the batch was not applied whole
+}
+
+// deliverable refuses deliveries on connections that cannot take them now.
+func (n *Node) deliverable(op string, c *Connection) error {
+	switch c.Status {
+	case StatusActive:
+		return nil
+	case StatusDeleted:
+		return &Error{Code: CodeGone, Op: op, Message: "the connection was deleted: stop sending"}
+	case StatusPending:
+		return refused(op)
+	}
+	return &Error{Code: CodePaused, Op: op, Message: "the connection is " + string(c.Status) + ": keep the messages and retry later", RetryAfter: n.pausedRetry}
+}
+
+// pushLoop delivers one connection's outbox to its public peer until the
+// connection is deleted or ctx ends.
+func (n *Node) pushLoop(ctx context.Context, id string) {
+	w, cancel := n.subscribe(id)
+	defer cancel()
+	wake := w.ch
+	lease := "outbox/" + id
+	defer func() {
+		// Best effort: an unreleased lease ends by itself.
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
+		defer cancel()
+		_ = n.store.Release(rctx, lease, n.holder)
+	}()
+	attempt := 0
+	var leaseUntil time.Time // when the lease this loop holds runs out
+	for ctx.Err() == nil {
+		c, err := n.store.GetConnection(ctx, id)
+		if err != nil {
+			if !n.sleep(ctx, n.backoff(attempt, err), wake) {
+				return
+			}
+			attempt++
+			continue
+		}
+		switch c.Status {
+		case StatusDeleted:
+			return
+		case StatusActive:
+		default: // paused, inactive: keep the queue
+			if !n.idle(ctx, wake) {
+				return
+			}
+			continue
+		}
+		// Take the lease, or renew it once half of it has passed.
+		now := n.clock.Now()
+		if now.After(leaseUntil.Add(-n.leaseTTL / 2)) {
+			held, err := n.store.Lease(ctx, lease, n.holder, now, now.Add(n.leaseTTL))
+			if err == nil && !held { // another process is delivering this outbox
+				leaseUntil = time.Time{}
+				if !n.sleep(ctx, idleRecheck, wake) {
+					return
+				}
+				continue
+			}
+			if err != nil {
+				n.healthFail(ctx, id, err, true)
+				if !n.sleep(ctx, n.backoff(attempt, err), nil) {
+					return
+				}
+				attempt++
+				continue
+			}
+			leaseUntil = now.Add(n.leaseTTL)
+		}
+		msgs, err := n.store.ListOutbox(ctx, id, 0, n.batch)
+		if err == nil && len(msgs) == 0 {
+			if !n.idle(ctx, wake) {
+				return
+			}
+			continue
+		}
+		var acked int64
+		if err == nil {
+			acked, err = n.push(ctx, c, msgs)
+		}
+		if err == nil && acked > 0 {
+			err = n.store.AckOutbox(ctx, id, acked)
+		}
+		switch {
+		case ctx.Err() != nil:
+			return
+		case err == nil:
+			attempt = 0
+			n.healthOK(ctx, id)
+		case ErrorCode(err) == CodeGone:
+			n.peerDeleted(ctx, id)
+			return
+		case ErrorCode(err) == CodePaused:
+			n.healthFail(ctx, id, err, false)
+			if !n.sleep(ctx, max(n.backoff(0, err), n.retryBase), wake) {
+				return
+			}
+		default:
+			n.healthFail(ctx, id, err, true)
+			if !n.sleep(ctx, n.backoff(attempt, err), nil) {
+				return
+			}
+			attempt++
+		}
+	}
+}
+
+// push sends one batch and returns the highest sequence number the peer
+// has applied. An answer that applied less than the whole batch is an
+// error, so the caller backs off.
+func (n *Node) push(ctx context.Context, c *Connection, msgs []Message) (int64, error) {
+	const op = "tether: push"
+	batch := pushRequest{Messages: make([]wireMessage, 0, len(msgs))}
+	size := 0
+	for _, m := range msgs {
+		if len(batch.Messages) > 0 && size+len(m.Payload) > batchBytes {
+			break
+		}
+		size += len(m.Payload)
+		batch.Messages = append(batch.Messages, wireMessage{Seq: m.Seq, Payload: m.Payload})
+	}
+	body, err := json.Marshal(batch)
+	if err != nil {
+		return 0, err
+	}
+	var reply pushReply
+	if err := n.exchange(ctx, op, c, OpPush, body, &reply); err != nil {
+		return 0, err
+	}
+	last := batch.Messages[len(batch.Messages)-1].Seq
+	if reply.Acked < last {
+		msg := "the peer applied up to " + strconv.FormatInt(reply.Acked, 10) + " of " + strconv.FormatInt(last, 10)
+		if reply.Error != "" {
+			msg += ": " + reply.Error
+		}
+		return reply.Acked, &Error{Code: CodeUnavailable, Op: op, Message: msg}
+	}
+	return reply.Acked, nil
+}
+
+// handlePush applies a batch from a peer and answers with the highest
+// sequence number applied.
+func (n *Node) handlePush(ctx context.Context, req *Request) (*Response, error) {
+	const op = "tether: handle push"
+	return n.serve(ctx, op, req, func(a *authenticated) (any, error) {
+		c := a.conn
+		if err := n.deliverable(op, c); err != nil {
+			return nil, err
+		}
+		var body pushRequest
+		if err := decodeBody(op, req.Body, n.MaxBody(), &body); err != nil {
+			return nil, err
+		}
+		msgs := make([]Message, len(body.Messages))
+		for i, m := range body.Messages {
+			if len(m.Payload) > n.maxPayload || m.Seq < 1 || i > 0 && m.Seq <= body.Messages[i-1].Seq {
+				return nil, &Error{Code: CodeProtocol, Op: op, Message: "batch is not in ascending order or holds an oversized payload"}
+			}
+			msgs[i] = Message{ConnectionID: c.ID, Seq: m.Seq, Payload: m.Payload}
+		}
+		cursor, err := n.deliver(ctx, c.ID, msgs)
+		reply := pushReply{Acked: cursor}
+		if err != nil {
+			var e *Error
+			if !errors.As(err, &e) || e.Op != "tether: deliver" {
+				return nil, Wrap(CodeUnavailable, op, err) // the store failed: the sender retries
+			}
+			reply.Error = e.Message // not the host's error text: it stays on this side
+			n.log.WarnContext(ctx, "tether: receiver failed", "connection", c.ID, "err", err)
+		}
+		n.healthOK(ctx, c.ID)
+		return reply, nil
+	})
+}

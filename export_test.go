@@ -42,3 +42,6 @@ func SignRequest(n *Node, endpoint string, op Op, sub string, body []byte) *Requ
 
 // Backoff exposes the node's retry delay.
 func Backoff(n *Node, attempt int, err error) time.Duration { return n.backoff(attempt, err) }
+
+// AcceptorID is the connection ID an acceptor of inv uses.
+func AcceptorID(inv *Invitation) string { return derivedID("conn", inv.IssuedAt, inv.Issuer, inv.ID) }

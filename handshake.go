@@ -99,7 +99,7 @@ func (n *Node) Initiate(ctx context.Context, req InitiateRequest) (*Connection, 
 	}
 	ev := n.event(ctx, EventCreated, detail)
 	if err := n.store.CreateConnection(ctx, c, ev); err != nil {
-		return nil, "", Wrap(CodeInternal, op, err)
+		return nil, "", n.fail(ctx, op, err)
 	}
 	n.emit(c.ID, ev)
 	return c, code, nil
@@ -474,6 +474,22 @@ func (n *Node) syncPending(ctx context.Context, c *Connection) error {
 // confirmJSON is the status request of an initiator that recorded the
 // acceptance.
 const confirmJSON = `{"confirmed":true}`
+
+// withdrawInvitation tells the destination of a revoked invitation that
+// any acceptance it holds is void. Best effort: the answer is not needed.
+func (n *Node) withdrawInvitation(ctx context.Context, c *Connection) {
+	const op = "tether: revoke invitation"
+	key, err := n.signingKey(c)
+	if err == nil {
+		_, _, err = n.call(ctx, op, request{
+			endpoint: c.RemoteURL, op: OpClose, sub: derivedID("conn", c.CreatedAt, n.ID(), c.Invitation),
+			body: []byte("{}"), key: key, answeredBy: wire.EmbeddedKey(KeyID),
+		})
+	}
+	if err != nil {
+		n.log.DebugContext(ctx, "tether: tell the destination the invitation was revoked", "connection", c.ID, "err", err)
+	}
+}
 
 // expireInvitation closes a Pending invitation this instance initiated.
 func (n *Node) expireInvitation(ctx context.Context, id string) error {

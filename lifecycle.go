@@ -97,12 +97,19 @@ func (n *Node) Delete(ctx context.Context, id string) (*Connection, error) {
 // moves to Deleted. Other connections are unaffected.
 func (n *Node) RevokeInvitation(ctx context.Context, id string) (*Connection, error) {
 	const op = "tether: revoke invitation"
-	return n.edit(ctx, op, id, func(c *Connection) (*Event, error) {
+	c, err := n.edit(ctx, op, id, func(c *Connection) (*Event, error) {
 		if c.Role != RoleInitiator {
 			return nil, &Error{Code: CodeInvalidTransition, Op: op, Message: "only the initiator can revoke an invitation"}
 		}
 		return n.step(ctx, op, c, ActionRevoke, EventRevoked, "invitation revoked")
 	})
+	if err == nil && n.endpoint == "" && c.RemoteURL != "" {
+		// A private initiator may have been accepted already by the
+		// destination, which waits for it: tell it, best effort (it gives
+		// up by itself at the invitation's expiry otherwise).
+		n.withdrawInvitation(ctx, c)
+	}
+	return c, err
 }
 
 // act applies action a to connection id through the transition table

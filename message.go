@@ -53,14 +53,14 @@ func (n *Node) Send(ctx context.Context, connectionID string, payload []byte) (i
 	}
 	c, err := n.store.GetConnection(ctx, connectionID)
 	if err != nil {
-		return 0, err
+		return 0, n.fail(ctx, op, err)
 	}
 	if c.Kind != KindPeer || c.Status == StatusPending || c.Status == StatusDeleted {
 		return 0, &Error{Code: CodeNotConnected, Op: op, Message: "cannot send on a connection that is " + string(c.Status)}
 	}
 	seq, err := n.store.AppendOutbox(ctx, connectionID, payload, n.clock.Now())
 	if err != nil {
-		return 0, Wrap(CodeInternal, op, err)
+		return 0, n.fail(ctx, op, err)
 	}
 	n.signal(connectionID)
 	return seq, nil

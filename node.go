@@ -209,7 +209,7 @@ func Open(ctx context.Context, cfg Config) (*Node, error) {
 		}
 	}
 	if err != nil {
-		return nil, Wrap(CodeInternal, op, err)
+		return nil, n.fail(ctx, op, err)
 	}
 	if err := inst.validate(); err != nil {
 		return nil, withOp(op, err)
@@ -267,17 +267,20 @@ func (n *Node) emit(id string, evs ...Event) {
 
 // Get returns a connection by ID, deleted ones included.
 func (n *Node) Get(ctx context.Context, id string) (*Connection, error) {
-	return n.store.GetConnection(ctx, id)
+	c, err := n.store.GetConnection(ctx, id)
+	return c, n.fail(ctx, "tether: get", err)
 }
 
 // List returns a page of connections matching opts and the cursor of the
 // next page (empty when there is none).
 func (n *Node) List(ctx context.Context, opts ListOptions) ([]*Connection, string, error) {
-	return n.store.ListConnections(ctx, opts)
+	conns, next, err := n.store.ListConnections(ctx, opts)
+	return conns, next, n.fail(ctx, "tether: list", err)
 }
 
 // Events returns a connection's history after sequence number after, oldest
 // first, at most limit entries (0: 100). It works for deleted connections.
 func (n *Node) Events(ctx context.Context, id string, after int64, limit int) ([]Event, error) {
-	return n.store.ListEvents(ctx, id, after, limit)
+	evs, err := n.store.ListEvents(ctx, id, after, limit)
+	return evs, n.fail(ctx, "tether: events", err)
 }

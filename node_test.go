@@ -418,10 +418,16 @@ func TestAcceptReplayRefused(t *testing.T) {
 	if diff := cmp.Diff(before, alpha.get(t, ac.ID)); diff != "" {
 		t.Fatalf("replay changed the connection (-before +after):\n%s", diff)
 	}
-	// Outside the time window it is refused too.
-	w.clock.Advance(tether.RequestSkew + time.Second)
-	_, err = alpha.Handle(context.Background(), captured)
-	wantCode(t, err, tether.CodeUnauthenticated)
+	// Outside the time window it is refused too: signed, as a clock
+	// problem, and still without effect.
+	w.clock.Advance(tether.ClockSkew + time.Second)
+	resp, err := alpha.Handle(context.Background(), captured)
+	if err != nil || resp.Code != tether.CodeClockSkew {
+		t.Fatalf("late replay: %v, %+v; want a signed clock_skew refusal", err, resp)
+	}
+	if diff := cmp.Diff(before, alpha.get(t, ac.ID)); diff != "" {
+		t.Fatalf("late replay changed the connection (-before +after):\n%s", diff)
+	}
 }
 
 func TestStatusRequestsDoNotRevealConnections(t *testing.T) {

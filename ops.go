@@ -152,7 +152,7 @@ func (n *Node) authenticate(ctx context.Context, op string, req *Request) (*auth
 	if err != nil || claims.Issuer != c.RemoteInstance || !n.fresh(ctx, claims, now) {
 		return nil, refused(op)
 	}
-	if c.Status == StatusPending && c.Role == RoleAcceptor && req.Op != OpStatus {
+	if c.Status == StatusPending && c.Role == RoleAcceptor && (req.Op == OpPush || req.Op == OpPoll) {
 		// Only an initiator that recorded the acceptance polls or pushes.
 		if c, err = n.peerConfirmed(ctx, c.ID); err != nil {
 			return nil, Wrap(CodeUnavailable, op, err)
@@ -233,7 +233,8 @@ func (n *Node) signAnswer(op string, c *Connection, claims *wire.Claims, v any, 
 		Instance: n.ID(), Op: claims.Op, Subject: claims.Issuer, Body: body,
 		Now: n.clock.Now(), Nonce: nonce, InReplyTo: claims.ID,
 	}
-	if withKey {
+	if withKey || claims.Op == string(OpStatus) {
+		// The asker of a status may not know this side's key yet.
 		tok.Key = base64.RawURLEncoding.EncodeToString(key.Public())
 	}
 	auth, err := wire.SignToken(wireKey(key), tok)

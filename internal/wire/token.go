@@ -88,7 +88,9 @@ type Check struct {
 
 // Verify checks a request or answer token and returns its claims. It does
 // not check the nonce for replay: that is the ReplayCache's job, once the
-// token is known to be authentic.
+// token is known to be authentic. A token that is authentic but dated
+// outside Skew fails with a ClockSkew error and its claims, so that the
+// verifier can answer the sender, signed, that the clocks differ.
 func Verify(p *Parser, chk Check) (*Claims, error) {
 	if len(chk.Auth) > MaxTokenLen {
 		return nil, &Error{Kind: Malformed, Message: "token is too long"}
@@ -117,7 +119,7 @@ func Verify(p *Parser, chk Check) (*Claims, error) {
 	}
 	if chk.Skew > 0 {
 		if d := chk.Now.Sub(c.IssuedAt.Time); d > chk.Skew || d < -chk.Skew {
-			return nil, &Error{Kind: ClockSkew, Message: "the sender's clock and this instance's differ by more than " + chk.Skew.String() + ": check the clocks of both instances"}
+			return &c, &Error{Kind: ClockSkew, Message: "the sender's clock and this instance's differ by more than " + chk.Skew.String() + ": check the clocks of both instances"}
 		}
 	}
 	return &c, nil

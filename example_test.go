@@ -140,3 +140,29 @@ func ExampleNext() {
 	// paused true
 	// false
 }
+
+// Transition is the lifecycle seam for adapters: here credentials stop
+// working and come back, the way the oauth package drives an org
+// connection.
+func ExampleNode_Transition() {
+	ctx := context.Background()
+	network := tethertest.NewNetwork()
+	alpha, _ := tether.Open(ctx, tether.Config{Store: memstore.New(), Endpoint: "https://alpha.example.com/t", Transport: network.Transport("alpha")})
+	defer network.Listen(alpha.Endpoint(), alpha)()
+	beta, _ := tether.Open(ctx, tether.Config{Store: memstore.New(), Transport: network.Transport("beta")})
+	conn, code, _ := alpha.Initiate(ctx, tether.InitiateRequest{Mode: tether.ModeBasic, LocalName: "A", RemoteName: "B", Name: "A to B"})
+	if _, err := beta.Accept(ctx, code, tether.AcceptOptions{}); err != nil {
+		log.Fatal(err)
+	}
+
+	c, _ := alpha.Transition(ctx, conn.ID, tether.ActionAuthLost, "the grant was withdrawn")
+	fmt.Println(c.Status)
+	_, err := alpha.Transition(ctx, conn.ID, tether.ActionPause, "")
+	fmt.Println(tether.ErrorCode(err))
+	c, _ = alpha.Transition(ctx, conn.ID, tether.ActionReauthorize, "signed in again")
+	fmt.Println(c.Status)
+	// Output:
+	// inactive
+	// invalid_transition
+	// active
+}

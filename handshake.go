@@ -359,7 +359,7 @@ func (n *Node) abandonAcceptance(ctx context.Context, id, detail string) {
 		if c.Status != StatusPending {
 			return nil, nil
 		}
-		return n.step(ctx, "tether: accept", c, ActionExpire, EventExpired, detail)
+		return n.step(ctx, "tether: accept", c, ActionExpire, detail)
 	})
 	if err != nil && ctx.Err() == nil {
 		n.log.WarnContext(ctx, "tether: give up an acceptance", "connection", id, "err", err)
@@ -498,7 +498,7 @@ func (n *Node) expireInvitation(ctx context.Context, id string) error {
 		if c.Status != StatusPending {
 			return nil, nil
 		}
-		return n.step(ctx, "tether: sync", c, ActionExpire, EventExpired, "invitation expired without being accepted")
+		return n.step(ctx, "tether: sync", c, ActionExpire, "invitation expired without being accepted")
 	})
 	return err
 }
@@ -542,10 +542,10 @@ func (n *Node) peerConfirmed(ctx context.Context, id string) (*Connection, error
 			return nil, nil
 		}
 		if !n.clock.Now().Before(acceptanceDeadline(c)) {
-			return n.step(WithActor(ctx, ActorSystem), op, c, ActionExpire, EventExpired, "the initiator confirmed after the invitation expired")
+			return n.step(WithActor(ctx, ActorSystem), op, c, ActionExpire, "the initiator confirmed after the invitation expired")
 		}
 		c.Health = Health{LastContact: n.clock.Now()}
-		return n.step(ctx, op, c, ActionAccept, EventAccepted, "the initiator confirmed the acceptance")
+		return n.step(ctx, op, c, ActionAccept, "the initiator confirmed the acceptance")
 	})
 	if err == nil {
 		n.signal(id)

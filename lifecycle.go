@@ -60,7 +60,7 @@ func (n *Node) Update(ctx context.Context, id string, u Update) (*Connection, er
 // the peer's deliveries are answered "paused, retry later" so they stay
 // queued on its side too: nothing is lost.
 func (n *Node) Pause(ctx context.Context, id string) (*Connection, error) {
-	c, err := n.act(ctx, "tether: pause", id, ActionPause, EventPaused, "paused")
+	c, err := n.act(ctx, "tether: pause", id, ActionPause, "paused")
 	if err == nil {
 		n.signal(id)
 	}
@@ -70,7 +70,7 @@ func (n *Node) Pause(ctx context.Context, id string) (*Connection, error) {
 // Activate resumes a Paused connection where it stopped, and tells a
 // public peer so its queued messages flow again at once.
 func (n *Node) Activate(ctx context.Context, id string) (*Connection, error) {
-	c, err := n.act(ctx, "tether: activate", id, ActionActivate, EventActivated, "activated")
+	c, err := n.act(ctx, "tether: activate", id, ActionActivate, "activated")
 	if err == nil {
 		n.signal(id)
 		n.notifyChanged()
@@ -84,7 +84,7 @@ func (n *Node) Activate(ctx context.Context, id string) (*Connection, error) {
 // private one learns at its next request. Either way the peer marks its
 // side deleted and stops retrying.
 func (n *Node) Delete(ctx context.Context, id string) (*Connection, error) {
-	c, err := n.act(ctx, "tether: delete", id, ActionDelete, EventDeleted, "deleted")
+	c, err := n.act(ctx, "tether: delete", id, ActionDelete, "deleted")
 	if err == nil {
 		n.signal(id)
 		n.notifyPeer(ctx, c, OpClose)
@@ -101,7 +101,7 @@ func (n *Node) RevokeInvitation(ctx context.Context, id string) (*Connection, er
 		if c.Role != RoleInitiator {
 			return nil, &Error{Code: CodeInvalidTransition, Op: op, Message: "only the initiator can revoke an invitation"}
 		}
-		return n.step(ctx, op, c, ActionRevoke, EventRevoked, "invitation revoked")
+		return n.step(ctx, op, c, ActionRevoke, "invitation revoked")
 	})
 	if err == nil && n.endpoint == "" && c.RemoteURL != "" {
 		// A private initiator may have been accepted already by the
@@ -113,18 +113,19 @@ func (n *Node) RevokeInvitation(ctx context.Context, id string) (*Connection, er
 }
 
 // act applies action a to connection id through the transition table
-// and records an event of type t.
-func (n *Node) act(ctx context.Context, op, id string, a Action, t EventType, detail string) (*Connection, error) {
+// and records its event.
+func (n *Node) act(ctx context.Context, op, id string, a Action, detail string) (*Connection, error) {
 	return n.edit(ctx, op, id, func(c *Connection) (*Event, error) {
-		return n.step(ctx, op, c, a, t, detail)
+		return n.step(ctx, op, c, a, detail)
 	})
 }
 
 // step applies action a to c in memory, through the transition table, and
 // returns the event to record with it.
-func (n *Node) step(ctx context.Context, op string, c *Connection, a Action, t EventType, detail string) (*Event, error) {
+func (n *Node) step(ctx context.Context, op string, c *Connection, a Action, detail string) (*Event, error) {
 	next, ok := Next(c.Status, a)
-	if !ok {
+	t, known := eventOf(a)
+	if !ok || !known {
 		return nil, &Error{Code: CodeInvalidTransition, Op: op, Message: "cannot " + string(a) + " a connection that is " + string(c.Status)}
 	}
 	c.Status = next
@@ -209,14 +210,13 @@ func eventOf(a Action) (EventType, bool) {
 // with CodeInvalidTransition.
 func (n *Node) Transition(ctx context.Context, id string, action Action, detail string) (*Connection, error) {
 	const op = "tether: transition"
-	t, ok := eventOf(action)
-	if !ok {
+	if _, ok := eventOf(action); !ok {
 		return nil, &Error{Code: CodeInvalid, Op: op, Message: "unknown action " + strconv.Quote(string(action))}
 	}
 	if err := checkText("detail", detail, 0, MaxDescriptionLen); err != nil {
 		return nil, withOp(op, err)
 	}
-	c, err := n.act(ctx, op, id, action, t, detail)
+	c, err := n.act(ctx, op, id, action, detail)
 	if err == nil {
 		n.signal(id)
 		n.notifyChanged()
@@ -245,7 +245,7 @@ func (n *Node) peerDeleted(ctx context.Context, id string) {
 		if c.Status == StatusDeleted {
 			return nil, nil
 		}
-		return n.step(WithActor(ctx, ActorRemote), "tether: peer deleted", c, ActionDelete, EventDeleted, "deleted by the peer")
+		return n.step(WithActor(ctx, ActorRemote), "tether: peer deleted", c, ActionDelete, "deleted by the peer")
 	})
 	if err != nil && ctx.Err() == nil {
 		n.log.WarnContext(ctx, "tether: record deletion by peer", "connection", id, "err", err)

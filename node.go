@@ -1,6 +1,7 @@
 package tether
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"io"
@@ -33,9 +34,16 @@ type Config struct {
 	// InvitationTTL is the default lifetime of invitations (72 h when zero,
 	// at most MaxInvitationTTL).
 	InvitationTTL time.Duration
-	// PollInterval is how often Run checks pending invitations: a private
-	// initiator asks the destination whether its invitation was accepted,
-	// and expired invitations are closed. 2 s when zero.
+	// HandshakeInterval is how often Run follows up pending handshakes: a
+	// private initiator asks the destination whether its invitation was
+	// accepted, an acceptor whose answer was lost asks the initiator, and
+	// expired invitations are closed. 2 s when zero. (Not to be confused
+	// with PollWait, the long-poll's wait.)
+	HandshakeInterval time.Duration
+	// PollInterval is HandshakeInterval's former name, used when
+	// HandshakeInterval is zero.
+	//
+	// Deprecated: use HandshakeInterval.
 	PollInterval time.Duration
 	// Clock is the time source; the system clock when nil.
 	Clock Clock
@@ -93,15 +101,15 @@ type Config struct {
 // through its Handle method. A Node is safe for concurrent use; several
 // Nodes (replicas of one host app) may share one Store.
 type Node struct {
-	store     Store
-	transport Transport
-	endpoint  string
-	policy    URLPolicy
-	ttl       time.Duration
-	poll      time.Duration
-	clock     Clock
-	rand      io.Reader
-	log       *slog.Logger
+	store          Store
+	transport      Transport
+	endpoint       string
+	policy         URLPolicy
+	ttl            time.Duration
+	handshakeEvery time.Duration
+	clock          Clock
+	rand           io.Reader
+	log            *slog.Logger
 
 	keys     atomic.Pointer[keySet]
 	invites  *invitationParser
@@ -146,17 +154,17 @@ func Open(ctx context.Context, cfg Config) (*Node, error) {
 		return nil, invalidf(op, "Config.Endpoint", "must be an https URL (allow http in Config.URLPolicy for development)")
 	}
 	n := &Node{
-		store:     cfg.Store,
-		transport: cfg.Transport,
-		endpoint:  cfg.Endpoint,
-		policy:    cfg.URLPolicy,
-		ttl:       cfg.InvitationTTL,
-		poll:      cfg.PollInterval,
-		clock:     cfg.Clock,
-		rand:      cfg.Rand,
-		log:       cfg.Logger,
-		invites:   newInvitationParser(),
-		messages:  wire.NewParser(wire.TypRequest),
+		store:          cfg.Store,
+		transport:      cfg.Transport,
+		endpoint:       cfg.Endpoint,
+		policy:         cfg.URLPolicy,
+		ttl:            cfg.InvitationTTL,
+		handshakeEvery: cmp.Or(cfg.HandshakeInterval, cfg.PollInterval),
+		clock:          cfg.Clock,
+		rand:           cfg.Rand,
+		log:            cfg.Logger,
+		invites:        newInvitationParser(),
+		messages:       wire.NewParser(wire.TypRequest),
 
 		onEvent:     cfg.OnEvent,
 		receiver:    cfg.Receiver,
@@ -177,8 +185,8 @@ func Open(ctx context.Context, cfg Config) (*Node, error) {
 	if n.ttl < time.Minute || n.ttl > MaxInvitationTTL {
 		return nil, &Error{Code: CodeInvalid, Op: op, Message: "Config.InvitationTTL must be between 1 minute and 30 days"}
 	}
-	if n.poll <= 0 {
-		n.poll = 2 * time.Second
+	if n.handshakeEvery <= 0 {
+		n.handshakeEvery = 2 * time.Second
 	}
 	if n.clock == nil {
 		n.clock = systemClock{}

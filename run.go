@@ -72,7 +72,7 @@ func (n *Node) pendingLoop(ctx context.Context) {
 		select {
 		case <-ctx.Done():
 			return
-		case <-n.clock.After(n.poll):
+		case <-n.clock.After(n.handshakeEvery):
 		}
 	}
 }

@@ -89,46 +89,27 @@ func checkUntouched(t *testing.T, p *peer, id string, queued int) {
 
 // SECURITY.md 35: whatever answers at the peer's URL without the pinned
 // key's signature — any code, any Retry-After — changes no connection: a
-// pusher keeps its queue and its connection Active.
-func TestUnsignedAnswersChangeNothingPush(t *testing.T) {
-	for name, h := range impostors(newWorld(t), "inst_00000000000000000000000000") {
-		t.Run(name, func(t *testing.T) {
-			w := newWorld(t)
-			alpha := w.node("alpha", alphaURL, realClock)
-			beta := w.node("beta", "", realClock, func(c *tether.Config) { c.Endpoint = betaURL })
-			sw := &switchable{real: beta}
-			w.t.Cleanup(w.net.Listen(betaURL, sw))
-			aid, _ := connect(t, alpha, beta, betaURL)
-			sw.take(h)
-			running(t, alpha)
-			sendAll(t, alpha, aid, "m", 3)
-			eventually(t, "alpha failed three times against the impostor", func() bool {
-				return alpha.get(t, aid).Health.Failures >= 3
+// pusher, or a private side's long-poll and pusher, keeps its queue and
+// its connection Active.
+func TestUnsignedAnswersChangeNothing(t *testing.T) {
+	for _, alphaEndpoint := range []string{alphaURL, ""} {
+		for name, h := range impostors(newWorld(t), "inst_00000000000000000000000000") {
+			t.Run("alpha "+orPrivateName(alphaEndpoint)+"/"+name, func(t *testing.T) {
+				w := newWorld(t)
+				alpha := w.node("alpha", alphaEndpoint, realClock)
+				beta := w.node("beta", "", realClock, func(c *tether.Config) { c.Endpoint = betaURL })
+				sw := &switchable{real: beta}
+				w.t.Cleanup(w.net.Listen(betaURL, sw))
+				aid, _ := connect(t, alpha, beta, betaURL)
+				sw.take(h)
+				running(t, alpha)
+				sendAll(t, alpha, aid, "m", 3)
+				eventually(t, "alpha failed three times against the impostor", func() bool {
+					return alpha.get(t, aid).Health.Failures >= 3
+				})
+				checkUntouched(t, alpha, aid, 3)
 			})
-			checkUntouched(t, alpha, aid, 3)
-		})
-	}
-}
-
-// The same for a private side's long-poll and pusher: an impostor at the
-// public side's URL neither deletes nor pauses the connection.
-func TestUnsignedAnswersChangeNothingPoll(t *testing.T) {
-	for name, h := range impostors(newWorld(t), "inst_00000000000000000000000000") {
-		t.Run(name, func(t *testing.T) {
-			w := newWorld(t)
-			alpha := w.node("alpha", "", realClock)
-			beta := w.node("beta", "", realClock, func(c *tether.Config) { c.Endpoint = betaURL })
-			sw := &switchable{real: beta}
-			w.t.Cleanup(w.net.Listen(betaURL, sw))
-			aid, _ := connect(t, alpha, beta, betaURL)
-			sw.take(h)
-			running(t, alpha)
-			sendAll(t, alpha, aid, "m", 2)
-			eventually(t, "alpha failed three times against the impostor", func() bool {
-				return alpha.get(t, aid).Health.Failures >= 3
-			})
-			checkUntouched(t, alpha, aid, 2)
-		})
+		}
 	}
 }
 

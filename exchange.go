@@ -21,6 +21,9 @@ type request struct {
 	sub      string // the connection it is for, at the peer
 	body     []byte
 	key      InstanceKey // signs the request
+	// withKey puts the public half of key in the token, for a receiver
+	// that does not know it yet (an acceptor presenting a code).
+	withKey bool
 	// answeredBy is the key that must sign the answer: the one pinned for
 	// the peer, or, in handshake answers, the one the token carries.
 	answeredBy wire.KeyLookup
@@ -40,10 +43,14 @@ func (n *Node) call(ctx context.Context, op string, r request) ([]byte, *wire.Cl
 	if err != nil {
 		return nil, nil, Wrap(CodeInternal, op, err)
 	}
-	auth, err := wire.SignToken(wireKey(r.key), wire.Token{
+	tok := wire.Token{
 		Instance: n.ID(), Audience: r.endpoint, Op: string(r.op), Subject: r.sub,
 		Body: r.body, Now: n.clock.Now(), Nonce: nonce,
-	})
+	}
+	if r.withKey {
+		tok.Key = base64.RawURLEncoding.EncodeToString(r.key.Public())
+	}
+	auth, err := wire.SignToken(wireKey(r.key), tok)
 	if err != nil {
 		return nil, nil, Wrap(CodeInternal, op, err)
 	}

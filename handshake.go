@@ -386,7 +386,7 @@ func (n *Node) presentInvitation(ctx context.Context, op, code string, inv *Invi
 	}
 	resp, _, err := n.call(ctx, op, request{
 		endpoint: inv.Endpoint, op: OpAccept, sub: inv.Connection, body: body, key: ks.current,
-		answeredBy: pinnedKey(op, inv.Key),
+		withKey: true, answeredBy: pinnedKey(op, inv.Key),
 	})
 	if ErrorCode(err) == CodeKeyMismatch {
 		return nil, &Error{Code: CodeKeyMismatch, Op: op, Message: "the initiator answered with a key other than the one its invitation pinned: acceptance aborted"}
@@ -638,22 +638,24 @@ func (n *Node) completeAsInitiator(ctx context.Context, id, jti string, r *verif
 // signed with the key the code pinned, refusals included.
 func (n *Node) handleAccept(ctx context.Context, req *Request) (*Response, error) {
 	const op = "tether: handle accept"
+	// The acceptor is not known yet: its token carries its key, and is
+	// verified with it before the body is read.
+	now := n.clock.Now()
+	claims, err := n.verify(op, wire.Check{
+		Auth: req.Auth, Body: req.Body, Op: string(OpAccept), Audience: n.endpoint,
+		Target: req.Target, TargetPath: targetPath(n.endpoint, OpAccept),
+		Now: now, Skew: ClockSkew, Lookup: wire.EmbeddedKey(KeyID),
+	})
+	late := ErrorCode(err) == CodeClockSkew
+	if err != nil && !late || claims == nil {
+		return nil, refused(op)
+	}
 	var body acceptRequest
 	if err := decodeBody(op, req.Body, MaxRequestBody, &body); err != nil {
 		return nil, err
 	}
 	key, ok := decodeKey(body.Key)
-	if !ok {
-		return nil, refused(op)
-	}
-	now := n.clock.Now()
-	claims, err := n.verify(op, wire.Check{
-		Auth: req.Auth, Body: req.Body, Op: string(OpAccept), Audience: n.endpoint,
-		Target: req.Target, TargetPath: targetPath(n.endpoint, OpAccept),
-		Now: now, Skew: ClockSkew, Lookup: pinnedKey(op, key),
-	})
-	late := ErrorCode(err) == CodeClockSkew
-	if err != nil && !late || claims == nil || claims.Issuer != body.Instance {
+	if !ok || body.Key != claims.Key || claims.Issuer != body.Instance {
 		return nil, refused(op)
 	}
 	ks := n.keys.Load()

@@ -103,7 +103,44 @@
 //	conn, err = other.Accept(ctx, code, tether.AcceptOptions{})
 //	seq, err := other.Send(ctx, conn.ID, []byte(`{"ticket":42}`))
 //
-// Errors are *Error values with a stable Code; ErrorCode extracts it and the
-// Err* sentinels work with errors.Is. No error or log line contains an
-// invitation code, a token or key material.
+// # Errors
+//
+// Errors are *Error values with a stable Code, the operation that failed
+// and a message a user can act on; ErrorCode extracts the code. Every code
+// has a sentinel for errors.Is (CodeNotFound and ErrNotFound, CodeClockSkew
+// and ErrClockSkew, ...), and when the caller's context ends the error also
+// matches context.Canceled or context.DeadlineExceeded. HTTPStatus gives
+// the status an HTTP transport answers with. Codes are only ever added.
+// No error or log line contains an invitation code, a token or key
+// material.
+//
+//	Code                HTTP  Meaning
+//	internal             500  a bug or an unexpected fault
+//	invalid              400  input failed validation; the message names the field
+//	not_found            404  no such connection, or not visible to the caller
+//	already_exists       409  a record with that ID exists
+//	conflict             409  the record changed since it was read
+//	invalid_transition   409  the status machine does not allow the move
+//	mode_fixed           409  the configuration mode cannot change after creation
+//	both_private         400  neither side has an endpoint
+//	damaged_code         400  an invitation code failed its checksum: a typo
+//	malformed            400  a code, token or answer is not well formed
+//	bad_signature        401  a signature did not verify
+//	unknown_key          401  the key ID is not one this instance knows
+//	expired              410  an invitation or token is past its lifetime
+//	not_yet_valid        400  an invitation or token is dated in the future
+//	already_used         409  the invitation was accepted already
+//	revoked              410  the invitation was revoked or its connection deleted
+//	url_refused          403  the URL policy forbids contacting that address
+//	key_mismatch         401  the peer signed with a key other than the pinned one
+//	unauthenticated      401  a request between instances failed authentication
+//	unavailable          503  the peer or network could not be reached: retry later
+//	protocol             400  the peer sent something this version does not understand
+//	too_large            413  a payload or body is over its size limit
+//	not_connected        409  the connection is pending or deleted: nothing can be sent
+//	paused               503  the peer paused the connection: keep messages, retry later
+//	gone                 410  the peer deleted the connection: stop for good
+//	clock_skew           400  the instances' clocks differ by more than ClockSkew
+//	canceled             503  the caller's context was canceled
+//	deadline_exceeded    504  the caller's context passed its deadline
 package tether

@@ -3,12 +3,15 @@ package tether_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/google/go-cmp/cmp"
 
@@ -101,4 +104,96 @@ func FuzzHandle(f *testing.F) {
 			t.Fatalf("a refused request changed the connection to %s", c.Status)
 		}
 	})
+}
+
+// FuzzCheckText feeds arbitrary text to Connection.Validate as a name and
+// as a description: whatever it accepts has no control character and no
+// invisible or direction-changing character outside the contexts the
+// package allows (ZWJ in emoji sequences or after a virama, ZWNJ between
+// letters, variation selectors after a base, tags in a flag sequence).
+func FuzzCheckText(f *testing.F) {
+	for _, s := range []string{
+		"Support to Engineering", "Pay\u202Epal", "Dev \U0001F469\u200D\U0001F4BB", "\u0645\u06CC\u200C\u062E",
+		"\u0DC1\u0DCA\u200D\u0DBB\u0DD3", "\U0001F3F4\U000E0067\U000E0062\U000E0065\U000E006E\U000E0067\U000E007F",
+		"#\uFE0F\u20E3", "a\u200Db", "\uFE0F", "\U000E007F", "a\u00ADb", "\u3164", "\U0001F3F3\uFE0F\u200D\U0001F308",
+		"\u06CC\u200C\u0616", "\u0645\u031C\u200C\u062E",
+	} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		for _, set := range []func(*tether.Connection){
+			func(c *tether.Connection) { c.Name = s },
+			func(c *tether.Connection) { c.Description = s },
+		} {
+			c := validConn()
+			set(c)
+			if err := c.Validate(); err != nil {
+				if !errors.Is(err, tether.ErrInvalid) {
+					t.Fatalf("Validate(%+q): %v, want invalid", s, err)
+				}
+				continue
+			}
+			if why := visible(s); why != "" {
+				t.Fatalf("Validate accepted %+q: %s", s, why)
+			}
+		}
+	})
+}
+
+// visible checks the promise of FuzzCheckText on its own terms, and returns
+// what breaks it.
+func visible(s string) string {
+	runes := []rune(s)
+	at := func(i int) rune {
+		if i < 0 || i >= len(runes) {
+			return -1
+		}
+		return runes[i]
+	}
+	isTag := func(r rune) bool { return r >= 0xE0020 && r <= 0xE007F }
+	pict := func(r rune) bool { return unicode.IsSymbol(r) || unicode.IsPunct(r) || r >= 0x1F000 && r <= 0x1FFFD }
+	for i, r := range runes {
+		prev, next := at(i-1), at(i+1)
+		switch {
+		case !utf8.ValidRune(r) || unicode.IsControl(r):
+			return fmt.Sprintf("control character %U at %d", r, i)
+		case r == 0x200D:
+			base := i - 1
+			for at(base) == 0xFE0F || at(base) >= 0x1F3FB && at(base) <= 0x1F3FF {
+				base--
+			}
+			emoji := pict(at(base)) && pict(next)
+			virama := unicode.Is(unicode.Mn, prev) && unicode.IsLetter(next)
+			if !emoji && !virama {
+				return fmt.Sprintf("ZWJ at %d outside an emoji sequence or after a virama", i)
+			}
+		case r == 0x200C:
+			base := i - 1
+			for unicode.IsMark(at(base)) {
+				base--
+			}
+			if !unicode.IsLetter(next) || !unicode.IsLetter(at(base)) || next < 0x0600 || at(base) < 0x0600 {
+				return fmt.Sprintf("ZWNJ at %d not between letters of a joining script", i)
+			}
+		case isTag(r):
+			j := i
+			for isTag(at(j)) {
+				j--
+			}
+			k := i
+			for isTag(at(k)) && at(k) != 0xE007F {
+				k++
+			}
+			if at(j) != 0x1F3F4 || at(k) != 0xE007F || at(j+1) == 0xE007F {
+				return fmt.Sprintf("tag %U at %d outside a flag tag sequence", r, i)
+			}
+		case unicode.Is(unicode.Variation_Selector, r):
+			if prev < 0 || unicode.IsSpace(prev) || unicode.IsMark(prev) || unicode.Is(unicode.Cf, prev) {
+				return fmt.Sprintf("variation selector %U at %d without a base", r, i)
+			}
+		case unicode.Is(unicode.Cf, r), unicode.Is(unicode.Other_Default_Ignorable_Code_Point, r), r == 0x2028, r == 0x2029:
+			return fmt.Sprintf("invisible character %U at %d", r, i)
+		}
+	}
+	return ""
 }

@@ -125,31 +125,75 @@ func checksum(s string) string {
 
 // unwrapCode checks the code's length, prefix, characters and checksum, and
 // returns the JWS inside. It allocates nothing for rejected input.
+//
+// The checksum covers the prefix too, so a typo there is damage like any
+// other: input within two edits of the prefix that ends in a checksum is
+// CodeDamagedCode. A bare JWS, and anything else without the prefix, is
+// CodeMalformed.
 func unwrapCode(op, code string) (string, error) {
 	if len(code) > MaxInvitationCodeLen {
 		return "", &Error{Code: CodeMalformed, Op: op, Message: "invitation code is too long"}
 	}
+	dot := strings.LastIndexByte(code, '.')
+	tail := dot >= 0 && len(code)-dot-1 == checksumLen
 	if !strings.HasPrefix(code, InvitationPrefix) {
-		if strings.HasPrefix(code, "eyJ") {
+		switch {
+		case strings.HasPrefix(code, "eyJ"):
 			return "", &Error{Code: CodeMalformed, Op: op, Message: "this is a token, not an invitation code (no " + InvitationPrefix + " prefix)"}
+		case tail && prefixDistance(code) <= 2 && strings.IndexFunc(code[dot+1:], notBase64URL) < 0:
+			return "", damaged(op)
 		}
 		return "", &Error{Code: CodeMalformed, Op: op, Message: "not an invitation code: it must start with " + InvitationPrefix}
 	}
-	dot := strings.LastIndexByte(code, '.')
-	if dot < 0 || len(code)-dot-1 != checksumLen {
+	if !tail {
 		return "", &Error{Code: CodeDamagedCode, Op: op, Message: "invitation code is damaged or incomplete: copy it again"}
 	}
 	body := code[:dot]
 	if err := wire.Precheck(body[len(InvitationPrefix):]); err != nil {
 		if checksum(body) != code[dot+1:] {
-			return "", &Error{Code: CodeDamagedCode, Op: op, Message: "invitation code is damaged (a character was changed, added or lost): copy it again"}
+			return "", damaged(op)
 		}
 		return "", &Error{Code: CodeMalformed, Op: op, Message: "invitation " + err.Error()}
 	}
 	if checksum(body) != code[dot+1:] {
-		return "", &Error{Code: CodeDamagedCode, Op: op, Message: "invitation code is damaged (a character was changed, added or lost): copy it again"}
+		return "", damaged(op)
 	}
 	return body[len(InvitationPrefix):], nil
+}
+
+func damaged(op string) *Error {
+	return &Error{Code: CodeDamagedCode, Op: op, Message: "invitation code is damaged (a character was changed, added or lost): copy it again"}
+}
+
+// prefixDistance returns the edit distance (substitutions, insertions and
+// deletions) between InvitationPrefix and the start of s that matches it
+// best, capped at 3. It allocates nothing.
+func prefixDistance(s string) int {
+	const n = len(InvitationPrefix)
+	// row[j] is the distance between the first i bytes of s and the first
+	// j bytes of the prefix.
+	var row [n + 1]int
+	for j := range row {
+		row[j] = j
+	}
+	best := row[n]
+	for i := 0; i < len(s) && i < n+2; i++ {
+		diag := row[0]
+		row[0] = i + 1
+		for j := 1; j <= n; j++ {
+			cost := 1
+			if s[i] == InvitationPrefix[j-1] {
+				cost = 0
+			}
+			diag, row[j] = row[j], min(row[j]+1, row[j-1]+1, diag+cost)
+		}
+		best = min(best, row[n])
+	}
+	return min(best, 3)
+}
+
+func notBase64URL(r rune) bool {
+	return !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_')
 }
 
 // invitationParser verifies codes. It is safe for concurrent use.

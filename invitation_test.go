@@ -463,3 +463,106 @@ func TestInvitationClaimsChecked(t *testing.T) {
 		})
 	}
 }
+
+// SECURITY.md 39: a spoofed name never reaches a Preview. Initiate refuses
+// it; a code forged with such a name (properly signed) is refused by
+// ParseInvitation, Preview and Accept, locally.
+func TestInvitationSpoofedNames(t *testing.T) {
+	f := newFixture(t)
+	req := invite("")
+	req.Name = "Support\u202Egnireenigne"
+	_, _, err := f.alpha.Initiate(context.Background(), req)
+	wantCode(t, err, tether.CodeInvalid)
+	if !strings.Contains(err.Error(), "Name: contains an invisible or direction-changing character (U+202E)") {
+		t.Fatalf("Initiate: %v does not name the field and character", err)
+	}
+
+	beta := f.w.node("beta", "")
+	sent := f.w.net.Sent("beta")
+	for claim, text := range map[string]string{
+		"name": "Support\u202Egnireenigne",
+		"desc": "Escalations\u2066 from support",
+		"isn":  "Sup\u200Bport",
+		"asn":  "Engi\u00ADneering",
+	} {
+		t.Run(claim, func(t *testing.T) {
+			code := f.resign(t, func(h, c map[string]any) { c[claim] = text })
+			_, err := f.parse(code)
+			wantCode(t, err, tether.CodeMalformed)
+			if !strings.Contains(err.Error(), "claim "+claim+": contains an invisible or direction-changing character") {
+				t.Fatalf("ParseInvitation: %v does not name the claim", err)
+			}
+			_, err = beta.Preview(code)
+			wantCode(t, err, tether.CodeMalformed)
+			_, err = beta.Accept(context.Background(), code, tether.AcceptOptions{})
+			wantCode(t, err, tether.CodeMalformed)
+		})
+	}
+	if beta.count(t) != 0 || f.w.net.Sent("beta") != sent {
+		t.Fatal("a spoofed invitation stored a connection or caused a request")
+	}
+}
+
+// SECURITY.md 5: the checksum covers the prefix, so a typo in it is the same
+// local "damaged code" as a typo anywhere else; what is not a code at all
+// stays malformed.
+func TestInvitationPrefixTypos(t *testing.T) {
+	f := newFixture(t)
+	const alphabet = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_. "
+	p := len(tether.InvitationPrefix)
+	var typos []string
+	for i := 0; i <= p; i++ {
+		if i < p {
+			typos = append(typos, f.code[:i]+f.code[i+1:]) // deletion
+		}
+		for _, r := range alphabet {
+			typos = append(typos, f.code[:i]+string(r)+f.code[i:]) // insertion
+			if i < p {
+				typos = append(typos, f.code[:i]+string(r)+f.code[i+1:]) // substitution
+			}
+		}
+	}
+	typos = append(typos,
+		"Tether_inv_"+f.code[p:],
+		"tehter_inv_"+f.code[p:], // two characters swapped
+		"tether_inv"+f.code[p:],
+		"tether-inv-"+f.code[p:],
+	)
+	// A typo in the body says the same.
+	body := f.code[:p+40] + "x" + f.code[p+41:]
+	if body == f.code {
+		body = f.code[:p+40] + "y" + f.code[p+41:]
+	}
+	_, want := f.parse(body)
+	wantCode(t, want, tether.CodeDamagedCode)
+	for _, typo := range typos {
+		if typo == f.code {
+			continue
+		}
+		_, err := f.parse(typo)
+		if tether.ErrorCode(err) != tether.CodeDamagedCode || err.Error() != want.Error() {
+			t.Fatalf("%q...: %v, want %v", typo[:16], err, want)
+		}
+	}
+
+	jws := strings.TrimPrefix(f.code[:strings.LastIndexByte(f.code, '.')], tether.InvitationPrefix)
+	for name, code := range map[string]string{
+		"bare JWS":             jws,
+		"bare JWS checksummed": jws + f.code[len(f.code)-7:],
+		"hello":                "hello",
+		"text with a tail":     "hello world.abcdef",
+		"prefix only":          tether.InvitationPrefix[:10],
+		"upper case":           strings.ToUpper(tether.InvitationPrefix) + f.code[p:],
+		"other prefix":         "github_pat_" + f.code[p:],
+		"bad tail":             "tether_in_" + f.code[p:len(f.code)-6] + "abc+/=",
+	} {
+		t.Run(name, func(t *testing.T) {
+			_, err := f.parse(code)
+			wantCode(t, err, tether.CodeMalformed)
+		})
+	}
+	_, err := f.parse(jws)
+	if !strings.Contains(err.Error(), "this is a token, not an invitation code") {
+		t.Fatalf("bare JWS: %v", err)
+	}
+}

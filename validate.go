@@ -84,25 +84,29 @@ const (
 // these contexts, where they are part of how the text is written:
 //
 //   - ZWJ between two emoji, the first optionally followed by VS16 or a skin
-//     tone modifier (👩‍💻, 👨‍👩‍👧, 🏳️‍🌈, 👩🏽‍💻);
+//     tone modifier: woman technologist U+1F469 U+200D U+1F4BB, families,
+//     the rainbow flag U+1F3F3 U+FE0F U+200D U+1F308;
 //   - ZWJ right after the virama of an Indic script (Devanagari to Sinhala)
-//     and before a letter of that script, as in Sinhala ශ්‍රී; old-style
-//     Malayalam chillus (virama and ZWJ at the end of a word) are refused:
-//     Unicode encodes chillus as letters;
+//     and before a letter of that script, as in Sinhala "Sri" U+0DC1 U+0DCA
+//     U+200D U+0DBB U+0DD3; old-style Malayalam chillus (virama and ZWJ at
+//     the end of a word) are refused: Unicode encodes chillus as letters;
 //   - ZWNJ between two letters of one script whose shaping it controls
-//     (the Arabic-family joining scripts, as in Persian می‌خواهم, and the
-//     Indic scripts), combining marks after the first letter allowed;
+//     (the Arabic-family joining scripts, as in Persian U+0645 U+06CC U+200C
+//     U+062E..., and the Indic scripts), combining marks after the first
+//     letter allowed;
 //   - a variation selector right after a base character (a letter, number,
 //     symbol or punctuation mark; not a space, mark or another selector);
 //   - tag characters in an emoji flag tag sequence: U+1F3F4, one or more of
-//     U+E0020–E007E, then U+E007F (🏴󠁧󠁢󠁳󠁣󠁴󠁿).
+//     U+E0020–E007E, then U+E007F (the flags of England, Scotland, Wales).
+//
+// This source file spells such characters as code points only.
 func invisible(before string, r rune, after string) bool {
 	switch {
 	case r == zwj:
 		return !emojiJoin(before, after) && !viramaJoin(before, after)
 	case r == zwnj:
-		base := lastRune(strings.TrimRightFunc(before, unicode.IsMark))
-		return !unicode.IsLetter(base) || !sameScript(joiningScripts, base, firstRune(after))
+		base, next := lastRune(strings.TrimRightFunc(before, unicode.IsMark)), firstRune(after)
+		return !unicode.IsLetter(base) || !unicode.IsLetter(next) || !sameScript(joiningScripts, base, next)
 	case isTagSpec(r):
 		prev, next := lastRune(before), firstRune(after)
 		return prev != blackFlag && !isTagSpec(prev) || next != cancelTag && !isTagSpec(next)

@@ -40,13 +40,63 @@
 //     which checks it with its own key, consumes it, and answers signed with
 //     the key the code pinned. Both sides are Active when Accept returns.
 //   - initiator private, acceptor public: the acceptor records the
-//     connection as Active; the initiator, which alone can make requests,
-//     asks the acceptor (Node.Run, or Node.Sync once) until the acceptance is
-//     there, then turns Active.
+//     connection as Pending, waiting for the initiator; the initiator, which
+//     alone can make requests, asks the acceptor (Node.Run, or Node.Sync
+//     once) until the acceptance is there, turns Active and tells the
+//     acceptor, which turns Active too (its first poll or push tells it as
+//     well).
 //   - both private: refused by Initiate and by Accept.
 //
+// An invitation that names a destination URL is accepted only by the
+// instance at that URL, in every topology: any other instance refuses it
+// itself, and a public initiator also asks the destination whether it
+// holds the acceptance, with the key that presented it, before it
+// completes.
+//
+// # Why both sides agree
+//
+// A handshake ends with both sides Active or both Deleted, never one of
+// each, and never Pending for ever. The rules:
+//
+//   - The initiator decides. It completes (Active) only on an acceptance
+//     it verified, and never after it revoked the invitation or closed it
+//     as expired.
+//   - The acceptor turns Active only when it knows the initiator
+//     completed: the initiator's signed answer to Accept, its confirmation,
+//     or any authenticated poll or push from it (an initiator polls and
+//     pushes only when Active). Until then its connection is Pending.
+//   - An acceptor gives up (Deleted) at the invitation's expiry plus
+//     ClockSkew, by its own clock, or at once when the initiator says it
+//     revoked the invitation. A confirmation that arrives later is answered
+//     "gone", signed, and the initiator deletes its side too.
+//   - A private initiator asks its destination also after the expiry: an
+//     acceptance that was made in time and still waits completes; one the
+//     acceptor gave up is answered "revoked", signed, and the initiator
+//     closes its side. Revoking tells the destination too.
+//   - An acceptor whose Accept lost the initiator's answer keeps its
+//     connection Pending and asks the initiator (Run, Sync) until it
+//     confirms or the acceptor gives up; Accept may also be called again
+//     with the same code.
+//
+// So whatever is lost or late, the sides meet in one state as soon as one
+// signed message gets through, and an acceptance neither side completed
+// ends on both sides by the invitation's expiry plus ClockSkew.
+//
+// # Trust
+//
 // Requests between instances are signed with the instances' keys, carry a
-// timestamp (±5 minutes) and a nonce (replays are refused).
+// timestamp and a nonce (replays are refused). Once a request is
+// authenticated, every answer is signed too, refusals included ("paused,
+// retry later", "deleted, stop"). Only an answer signed by the key a
+// connection pinned changes that connection: an error from whatever
+// answers at the peer's address, whatever code or Retry-After it claims,
+// is a transient failure, and only a short, sanitised summary of it is
+// kept in Health.LastError.
+//
+// Clocks may differ by up to ClockSkew (5 minutes) either way, for
+// invitations and requests alike. Beyond that, the refusal has
+// CodeClockSkew and says to check the clocks; in a handshake it is
+// signed, so both sides report it.
 //
 // # Messages
 //

@@ -44,12 +44,17 @@ func TestOperation(t *testing.T) {
 }
 
 // FuzzParse covers what the HTTP layer parses from a request or answer
-// before the node sees it: the path and Retry-After.
+// before the node sees it: the path, Retry-After and a refusal's code.
 func FuzzParse(f *testing.F) {
 	f.Add("/tether/v1/push", "3")
 	f.Add("/v1/poll", "Sat, 21 Nov 2026 12:00:30 GMT")
 	f.Add("//v1//push", "-1")
+	f.Add("/v1/push", `{"refused":{"code":"gone"}}`)
+	f.Add("/v1/push", `{"refused":{"code":"gone\u202e"}}`)
 	f.Fuzz(func(t *testing.T, p, header string) {
+		if c := refusalCode([]byte(header)); !codeName.MatchString(string(c)) {
+			t.Fatalf("refusalCode(%q) = %q, not a code name", header, c)
+		}
 		if op, ok := operation(p); ok != (op != "") {
 			t.Fatalf("operation(%q) = %q, %v", p, op, ok)
 		}

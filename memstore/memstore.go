@@ -28,6 +28,7 @@ type Store struct {
 	outbox   map[string]*outbox
 	inbox    map[string]int64 // inbox cursors
 	leases   map[string]lease
+	clock    tether.Clock
 }
 
 type lease struct {
@@ -42,17 +43,42 @@ type outbox struct {
 
 var _ tether.Store = (*Store)(nil)
 
+// Option configures a Store.
+type Option func(*Store)
+
+// WithClock makes the Store read the time from clock: it forgets consumed
+// invitation keys an hour after they expire by that clock. The system clock
+// when not given or nil; tests pass the Node's fake clock.
+func WithClock(clock tether.Clock) Option {
+	return func(s *Store) {
+		if clock != nil {
+			s.clock = clock
+		}
+	}
+}
+
 // New returns an empty Store.
-func New() *Store {
-	return &Store{
+func New(opts ...Option) *Store {
+	s := &Store{
 		conns:  make(map[string]*tether.Connection),
 		events: make(map[string][]tether.Event),
 		used:   make(map[string]time.Time),
 		outbox: make(map[string]*outbox),
 		inbox:  make(map[string]int64),
 		leases: make(map[string]lease),
+		clock:  systemClock{},
 	}
+	for _, o := range opts {
+		o(s)
+	}
+	return s
 }
+
+// systemClock is the default clock: the time of the machine.
+type systemClock struct{}
+
+func (systemClock) Now() time.Time                         { return time.Now() }
+func (systemClock) After(d time.Duration) <-chan time.Time { return time.After(d) }
 
 func cloneInstance(in *tether.Instance) *tether.Instance {
 	out := *in
@@ -167,7 +193,7 @@ func (s *Store) ConsumeInvitation(ctx context.Context, key string, expires time.
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if now := time.Now(); now.After(s.sweep) { // forget keys well past their expiry
+	if now := s.clock.Now(); now.After(s.sweep) { // forget keys well past their expiry
 		for k, exp := range s.used {
 			if now.After(exp.Add(time.Hour)) {
 				delete(s.used, k)

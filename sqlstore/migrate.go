@@ -10,7 +10,6 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"time"
 )
 
 //go:embed migrations
@@ -108,7 +107,7 @@ func (s *Store) migrate(ctx context.Context) error {
 				return fmt.Errorf("sqlstore: migration %d (%s): %w", m.version, m.name, err)
 			}
 			if _, err := tx.ExecContext(ctx, s.dialect.rebind(`INSERT INTO tether_migrations (version, name, applied_ns) VALUES (?, ?, ?)`),
-				m.version, m.name, time.Now().UnixNano()); err != nil {
+				m.version, m.name, nanos(s.clock.Now())); err != nil {
 				return err
 			}
 		}

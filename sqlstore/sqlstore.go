@@ -24,6 +24,11 @@ type Config struct {
 	// host supplies it; see the package documentation for pgx. Without it,
 	// replicas notice each other's messages within a second by polling.
 	Listen func(ctx context.Context, channel string, fn func(payload string)) error
+	// Clock reads the time the Store keeps of its own (when a migration
+	// was applied; which consumed invitations are old enough to forget);
+	// the system clock when nil. The times of connections, messages and
+	// leases come from the Node.
+	Clock tether.Clock
 }
 
 // notifyChannel is the PostgreSQL channel outbox appends notify on.
@@ -37,6 +42,7 @@ type Store struct {
 	sealer  *tether.Sealer
 	listen  func(ctx context.Context, channel string, fn func(payload string)) error
 	q       queries
+	clock   tether.Clock
 	nonces  atomic.Int64 // calls to RememberNonce, to purge now and then
 }
 
@@ -60,12 +66,21 @@ func New(ctx context.Context, db *sql.DB, dialect Dialect, cfg Config) (*Store, 
 	if cfg.Sealer == nil {
 		return nil, &tether.Error{Code: tether.CodeInvalid, Op: op, Message: "Config.Sealer is required: secrets are never stored in plaintext"}
 	}
-	s := &Store{db: db, dialect: dialect, sealer: cfg.Sealer, listen: cfg.Listen, q: newQueries(dialect)}
+	s := &Store{db: db, dialect: dialect, sealer: cfg.Sealer, listen: cfg.Listen, q: newQueries(dialect), clock: cfg.Clock}
+	if s.clock == nil {
+		s.clock = systemClock{}
+	}
 	if err := s.migrate(ctx); err != nil {
 		return nil, err
 	}
 	return s, nil
 }
+
+// systemClock is the default clock: the time of the machine.
+type systemClock struct{}
+
+func (systemClock) Now() time.Time                         { return time.Now() }
+func (systemClock) After(d time.Duration) <-chan time.Time { return time.After(d) }
 
 // Dialect returns the store's dialect.
 func (s *Store) Dialect() Dialect { return s.dialect }
@@ -383,7 +398,7 @@ func (s *Store) ConsumeInvitation(ctx context.Context, key string, expires time.
 		}
 		// Forget invitations a day past their expiry: they can no longer be
 		// presented, so their keys need not be kept.
-		if _, err := tx.ExecContext(ctx, s.q.purgeInvitations, time.Now().Add(-24*time.Hour).UnixNano(), key); err != nil {
+		if _, err := tx.ExecContext(ctx, s.q.purgeInvitations, nanos(s.clock.Now().Add(-24*time.Hour)), key); err != nil {
 			return err
 		}
 		if c.Version == 0 {

@@ -22,6 +22,7 @@ import (
 	"github.com/tetherkit/tether"
 	"github.com/tetherkit/tether/sqlstore"
 	"github.com/tetherkit/tether/storetest"
+	"github.com/tetherkit/tether/tethertest"
 )
 
 // postgresEnv names the variable that holds the PostgreSQL URL for tests.
@@ -421,6 +422,45 @@ func TestUsedInvitationsPurged(t *testing.T) {
 		}
 		if err := s.ConsumeInvitation(ctx, "recent", time.Now(), storetest.NewConnection(4)); tether.ErrorCode(err) != tether.CodeAlreadyUsed {
 			t.Fatalf("a recent key was forgotten: %v", err)
+		}
+	})
+}
+
+// The Store's own times come from Config.Clock: when a migration was
+// applied, and which used invitations are old enough to forget.
+func TestClock(t *testing.T) {
+	dialects(t, func(t *testing.T, db *sql.DB, d sqlstore.Dialect) {
+		ctx := context.Background()
+		start := time.Date(2040, 1, 1, 0, 0, 0, 0, time.UTC)
+		clock := tethertest.NewClock(start)
+		s, err := sqlstore.New(ctx, db, d, sqlstore.Config{Sealer: sealer(t, testKey(t)), Clock: clock})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var lo, hi int64
+		if err := db.QueryRow(`SELECT MIN(applied_ns), MAX(applied_ns) FROM tether_migrations`).Scan(&lo, &hi); err != nil {
+			t.Fatal(err)
+		}
+		if lo != start.UnixNano() || hi != start.UnixNano() {
+			t.Fatalf("migrations applied at %v to %v, want the clock's %v", time.Unix(0, lo).UTC(), time.Unix(0, hi).UTC(), start)
+		}
+		expires := start.Add(time.Hour)
+		if err := s.ConsumeInvitation(ctx, "k1", expires, storetest.NewConnection(1)); err != nil {
+			t.Fatal(err)
+		}
+		clock.Set(expires.Add(23 * time.Hour))
+		if err := s.ConsumeInvitation(ctx, "k2", expires, storetest.NewConnection(2)); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.ConsumeInvitation(ctx, "k1", expires, storetest.NewConnection(3)); tether.ErrorCode(err) != tether.CodeAlreadyUsed {
+			t.Fatalf("k1 less than a day past its expiry: %v, want already_used", err)
+		}
+		clock.Set(expires.Add(25 * time.Hour))
+		if err := s.ConsumeInvitation(ctx, "k3", expires, storetest.NewConnection(4)); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.ConsumeInvitation(ctx, "k1", expires, storetest.NewConnection(5)); err != nil {
+			t.Fatalf("k1 a day past its expiry on the Store's clock: %v, want it forgotten", err)
 		}
 	})
 }

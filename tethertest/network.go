@@ -15,7 +15,9 @@ import (
 // tether.Transport interface: public instances Listen on an endpoint URL,
 // every instance sends through Transport(name). Nothing is serialized, but
 // requests and responses are copied so neither side can alias the other's
-// memory.
+// memory. A Response crosses whole, a signed refusal's Code and RetryAfter
+// included; of a Handler's error only the code, message and RetryAfter do,
+// as over HTTP.
 //
 // Faults are injected per request by a FaultFunc (Faults, or one of the
 // helpers) and by Partition. The network counts what each endpoint served
@@ -28,7 +30,7 @@ type Network struct {
 	sent       map[string]int
 	partitions map[[2]string]bool
 	faults     FaultFunc
-	after      func(time.Duration) <-chan time.Time
+	clock      tether.Clock   // delays wait on it
 	late       sync.WaitGroup // copies still to be delivered late
 	closed     chan struct{}
 }
@@ -56,7 +58,7 @@ func NewNetwork() *Network {
 		served:     make(map[string]int),
 		sent:       make(map[string]int),
 		partitions: make(map[[2]string]bool),
-		after:      time.After,
+		clock:      systemClock{},
 		closed:     make(chan struct{}),
 	}
 }
@@ -74,12 +76,22 @@ func (n *Network) Close() {
 	n.late.Wait()
 }
 
-// SetClock makes delays wait on clock instead of real time.
+// SetClock makes delays wait on clock instead of real time; nil restores
+// real time.
 func (n *Network) SetClock(clock tether.Clock) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	n.after = clock.After
+	if clock == nil {
+		clock = systemClock{}
+	}
+	n.clock = clock
 }
+
+// systemClock is the default clock: the time of the machine.
+type systemClock struct{}
+
+func (systemClock) Now() time.Time                         { return time.Now() }
+func (systemClock) After(d time.Duration) <-chan time.Time { return time.After(d) }
 
 // Listen serves endpoint with h until the returned function is called.
 // Listening twice on one endpoint panics: it is a bug in the test.
@@ -188,7 +200,7 @@ func (t *transport) Call(ctx context.Context, endpoint string, req *tether.Reque
 	n.sent[t.from]++
 	h, ok := n.hosts[endpoint]
 	cut := n.partitions[[2]string{t.from, endpoint}]
-	faults, after := n.faults, n.after
+	faults, clock := n.faults, n.clock
 	n.mu.Unlock()
 	var f Fault
 	if faults != nil {
@@ -196,7 +208,7 @@ func (t *transport) Call(ctx context.Context, endpoint string, req *tether.Reque
 	}
 	if f.Delay > 0 {
 		select {
-		case <-after(f.Delay):
+		case <-clock.After(f.Delay):
 		case <-ctx.Done():
 			return nil, unavailable("request canceled: " + ctx.Err().Error())
 		}
@@ -215,7 +227,7 @@ func (t *transport) Call(ctx context.Context, endpoint string, req *tether.Reque
 		go func() {
 			defer n.late.Done()
 			select {
-			case <-after(f.Late):
+			case <-clock.After(f.Late):
 				_, _ = t.deliver(context.Background(), endpoint, h, copied)
 			case <-n.closed:
 			}
@@ -235,7 +247,11 @@ func (t *transport) Call(ctx context.Context, endpoint string, req *tether.Reque
 		}
 		return nil, &tether.Error{Code: tether.ErrorCode(err), Op: "tethertest: remote", Message: "remote error"}
 	}
-	return &tether.Response{Auth: resp.Auth, Body: slices.Clone(resp.Body)}, nil
+	if resp == nil {
+		return nil, unavailable("no answer")
+	}
+	// A response crosses whole, refusals included (Code and RetryAfter).
+	return &tether.Response{Auth: resp.Auth, Body: slices.Clone(resp.Body), Code: resp.Code, RetryAfter: resp.RetryAfter}, nil
 }
 
 func (t *transport) deliver(ctx context.Context, endpoint string, h tether.Handler, req *tether.Request) (*tether.Response, error) {

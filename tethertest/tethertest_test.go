@@ -195,3 +195,62 @@ func TestClock(t *testing.T) {
 		t.Fatal("Set did not move Now")
 	}
 }
+
+// A signed refusal crosses the network whole: Code and RetryAfter too, as
+// tether.Transport requires.
+func TestNetworkCarriesRefusals(t *testing.T) {
+	net := tethertest.NewNetwork()
+	want := &tether.Response{Auth: "signed", Body: []byte(`{"refused":{"code":"paused"}}`), Code: tether.CodePaused, RetryAfter: 7 * time.Second}
+	defer net.Listen("https://a.test", handlerFunc(func(context.Context, *tether.Request) (*tether.Response, error) {
+		return want, nil
+	}))()
+	got, err := net.Transport("b").Call(context.Background(), "https://a.test", &tether.Request{Op: tether.OpPush})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Fatalf("(-want +got):\n%s", diff)
+	}
+	if &got.Body[0] == &want.Body[0] {
+		t.Fatal("the response body is shared with the handler")
+	}
+}
+
+// A handler answering neither a response nor an error is a failure, not a
+// panic.
+func TestNetworkNilResponse(t *testing.T) {
+	net := tethertest.NewNetwork()
+	defer net.Listen("https://a.test", handlerFunc(func(context.Context, *tether.Request) (*tether.Response, error) {
+		return nil, nil
+	}))()
+	if _, err := net.Transport("b").Call(context.Background(), "https://a.test", &tether.Request{}); !errors.Is(err, tether.ErrUnavailable) {
+		t.Fatalf("Call = %v, want unavailable", err)
+	}
+}
+
+// Without SetClock, and after SetClock(nil), delays run on real time.
+func TestNetworkDelayOnRealTime(t *testing.T) {
+	net := tethertest.NewNetwork()
+	h := &countingHandler{}
+	defer net.Listen("https://a.test", h)()
+	net.Faults(func(string, string, *tether.Request) tethertest.Fault {
+		return tethertest.Fault{Delay: time.Millisecond}
+	})
+	for _, set := range []bool{false, true} {
+		if set {
+			net.SetClock(nil)
+		}
+		if _, err := net.Transport("b").Call(context.Background(), "https://a.test", &tether.Request{Body: []byte("p")}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if h.calls.Load() != 2 {
+		t.Fatalf("handler calls %d, want 2", h.calls.Load())
+	}
+}
+
+type handlerFunc func(ctx context.Context, r *tether.Request) (*tether.Response, error)
+
+func (f handlerFunc) Handle(ctx context.Context, r *tether.Request) (*tether.Response, error) {
+	return f(ctx, r)
+}

@@ -441,17 +441,22 @@ func (n *Node) syncPending(ctx context.Context, c *Connection) error {
 	if n.endpoint != "" || c.RemoteURL == "" {
 		// The acceptor calls this side; past the expiry it never will.
 		if expired {
-			return n.expireInvitation(ctx, c.ID)
+			return n.expireInvitation(ctx, c.ID, "invitation expired without being accepted")
 		}
 		return nil
 	}
 	// A private initiator asks the destination, also once past the expiry:
 	// an acceptance made in time still completes.
 	reply, err := n.askStatus(ctx, c)
-	if err != nil {
-		if expired {
-			return n.expireInvitation(ctx, c.ID)
-		}
+	switch code := ErrorCode(err); {
+	case err == nil:
+	case expired:
+		return n.expireInvitation(ctx, c.ID, "invitation expired without being accepted")
+	case code == CodeRevoked || code == CodeGone || code == CodeExpired:
+		// Signed by the destination, the only instance that may accept:
+		// it deleted or gave up its acceptance, so none will come.
+		return n.expireInvitation(WithActor(ctx, ActorRemote), c.ID, "the destination withdrew its acceptance")
+	default:
 		n.healthFail(ctx, c.ID, err, true)
 		return err
 	}
@@ -492,13 +497,15 @@ func (n *Node) withdrawInvitation(ctx context.Context, c *Connection) {
 }
 
 // expireInvitation closes a Pending invitation this instance initiated.
-func (n *Node) expireInvitation(ctx context.Context, id string) error {
-	ctx = WithActor(ctx, ActorSystem)
+func (n *Node) expireInvitation(ctx context.Context, id, detail string) error {
+	if actorOf(ctx) == ActorLocal {
+		ctx = WithActor(ctx, ActorSystem)
+	}
 	_, err := n.edit(ctx, "tether: sync", id, func(c *Connection) (*Event, error) {
 		if c.Status != StatusPending {
 			return nil, nil
 		}
-		return n.step(ctx, "tether: sync", c, ActionExpire, "invitation expired without being accepted")
+		return n.step(ctx, "tether: sync", c, ActionExpire, detail)
 	})
 	return err
 }

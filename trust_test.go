@@ -375,3 +375,21 @@ func TestLostAcceptAnswerConverges(t *testing.T) {
 	}
 	checkPair(t, alpha, ac, beta, conns[0])
 }
+
+// A destination that deletes the acceptance it holds tells the private
+// initiator, signed, when it next asks: the invitation closes on both
+// sides, before its expiry.
+func TestDestinationDeletesPendingAcceptance(t *testing.T) {
+	w := newWorld(t)
+	alpha, beta := w.node("alpha", ""), w.node("beta", betaURL)
+	ac, code := alpha.initiate(t, invite(betaURL))
+	bc, err := beta.Accept(context.Background(), code, tether.AcceptOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := beta.Delete(context.Background(), bc.ID); err != nil {
+		t.Fatal(err)
+	}
+	_ = alpha.Sync(context.Background())
+	checkBothDeleted(t, alpha, ac.ID, beta, bc.ID)
+}

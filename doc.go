@@ -42,9 +42,9 @@
 //   - initiator private, acceptor public: the acceptor records the
 //     connection as Pending, waiting for the initiator; the initiator, which
 //     alone can make requests, asks the acceptor (Node.Run, or Node.Sync
-//     once) until the acceptance is there, turns Active and tells the
-//     acceptor, which turns Active too (its first poll or push tells it as
-//     well).
+//     once) until the acceptance is there, records it and tells the
+//     acceptor, which turns Active; its signed answer turns the initiator
+//     Active too.
 //   - both private: refused by Initiate and by Accept.
 //
 // An invitation that names a destination URL is accepted only by the
@@ -56,31 +56,28 @@
 // # Why both sides agree
 //
 // A handshake ends with both sides Active or both Deleted, never one of
-// each, and never Pending for ever. The rules:
+// each. Each side changes only on what the other signed, and one side
+// decides:
 //
-//   - The initiator decides. It completes (Active) only on an acceptance
-//     it verified, and never after it revoked the invitation or closed it
-//     as expired.
-//   - The acceptor turns Active only when it knows the initiator
-//     completed: the initiator's signed answer to Accept, its confirmation,
-//     or any authenticated poll or push from it (an initiator polls and
-//     pushes only when Active). Until then its connection is Pending.
-//   - An acceptor gives up (Deleted) at the invitation's expiry plus
-//     ClockSkew, by its own clock, or at once when the initiator says it
-//     revoked the invitation. A confirmation that arrives later is answered
-//     "gone", signed, and the initiator deletes its side too.
-//   - A private initiator asks its destination also after the expiry: an
-//     acceptance that was made in time and still waits completes; one the
-//     acceptor gave up is answered "revoked", signed, and the initiator
-//     closes its side. Revoking tells the destination too.
-//   - An acceptor whose Accept lost the initiator's answer keeps its
-//     connection Pending and asks the initiator (Run, Sync) until it
-//     confirms or the acceptor gives up; Accept may also be called again
-//     with the same code.
+//   - A public initiator decides. It completes (Active) on an acceptance
+//     it verified: the code, or, from an acceptor whose answer was lost,
+//     the proof that it holds the code. It never completes after it
+//     revoked the invitation or closed it as expired (at the expiry plus
+//     ClockSkew). Its acceptor stays Pending until the initiator's signed
+//     answer says which: Active, or refused (then Deleted). Until then Run
+//     and Sync present the acceptance again; Accept may also be called
+//     again with the same code.
+//   - With a private initiator, the public acceptor decides. It waits,
+//     Pending, for the initiator to confirm, and gives up (Deleted) at the
+//     invitation's expiry plus ClockSkew, by its own clock, or at once when
+//     the initiator says it revoked the invitation. The initiator asks it,
+//     records the acceptance, and stays Pending until the acceptor answers
+//     its confirmation, signed: Active if the acceptor took it, Deleted if
+//     it had given up. It asks also after the expiry: an acceptance made in
+//     time that still waits completes.
 //
 // So whatever is lost or late, the sides meet in one state as soon as one
-// signed message gets through, and an acceptance neither side completed
-// ends on both sides by the invitation's expiry plus ClockSkew.
+// signed answer gets through, and nothing is Active on one side only.
 //
 // # Trust
 //

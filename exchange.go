@@ -31,10 +31,10 @@ type request struct {
 
 // call signs and sends r, verifies the answer's token before anything of
 // its body is read, and returns the body and the token's claims. A signed
-// refusal is returned as its *Error, with the peer's code: only such an
-// error may change a connection. Anything else that goes wrong is
-// CodeUnavailable (or CodeURLRefused when this side's policy refused the
-// address), and keeps only a sanitised summary of what the peer said.
+// refusal is returned as its *Error, with the peer's code (and the body
+// and claims): only such an error may change a connection. Anything else
+// that goes wrong is CodeUnavailable, whatever the transport or the peer
+// claimed (the claim is kept as the cause, as a sanitised summary).
 func (n *Node) call(ctx context.Context, op string, r request) ([]byte, *wire.Claims, error) {
 	if n.transport == nil {
 		return nil, nil, &Error{Code: CodeUnavailable, Op: op, Message: "no transport configured"}
@@ -72,13 +72,10 @@ func (n *Node) call(ctx context.Context, op string, r request) ([]byte, *wire.Cl
 		Lookup: r.answeredBy,
 	})
 	if err != nil {
-		if ErrorCode(err) == CodeKeyMismatch {
-			return nil, nil, err
-		}
 		return nil, nil, n.unsigned(op, err)
 	}
 	if err := refusedIn(op, resp.Body); err != nil {
-		return nil, nil, err
+		return resp.Body, claims, err // with the body, for callers that check more
 	}
 	return resp.Body, claims, nil
 }
@@ -109,15 +106,12 @@ func (n *Node) unsigned(op string, err error) error {
 	if !errors.As(err, &e) {
 		return &Error{Code: CodeUnavailable, Op: op, Message: "the peer could not be reached", Err: err}
 	}
-	if e.Code == CodeURLRefused || e.Code == CodeKeyMismatch {
-		return err
-	}
 	msg := "no signed answer from the peer"
 	if e.Code != "" && e.Code != CodeUnavailable {
 		msg += " (" + sanitize(string(e.Code)) + ")"
 	}
-	// The peer's claim is kept as the cause, code and summary only: it
-	// informs (errors.Is finds its code) but never changes a connection.
+	// The claim is kept as the cause, code and summary only: it informs
+	// (errors.Is finds its code) but never changes a connection.
 	claim := &Error{Code: e.Code, Message: sanitize(e.Message)}
 	if e.Code == CodeUnavailable {
 		claim.Err = e.Err // a local failure to reach the peer

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/ed25519"
 	"crypto/sha256"
+	"crypto/subtle"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -194,10 +195,12 @@ func (n *Node) Accept(ctx context.Context, code string, opts AcceptOptions) (*Co
 		}
 		stored = true
 	}
-	reply, err := n.presentInvitation(ctx, op, code, inv, c)
+	reply, err := n.presentInvitation(ctx, op, code, c)
 	switch {
 	case err == nil:
-		return n.confirmAcceptance(ctx, op, c, stored, inv, reply)
+		return n.confirmAcceptance(ctx, op, c, stored, inv.Issuer+"/"+inv.ID, reply)
+	case !stored && refusedUnsigned(err) == CodeKeyMismatch:
+		return nil, &Error{Code: CodeKeyMismatch, Op: op, Message: "the initiator answered with a key other than the one its invitation pinned: acceptance aborted"}
 	case !stored && refusedUnsigned(err) != "":
 		// The initiator refused without a signature: nothing is stored, so
 		// nothing changes; say what it claimed.
@@ -227,8 +230,8 @@ func refusedUnsigned(err error) Code {
 		return ""
 	}
 	var inner *Error
-	if !errors.As(e.Err, &inner) || transient(inner) || inner.Code == "" {
-		return ""
+	if !errors.As(e.Err, &inner) || transient(inner) || inner.Code == "" || inner.Code == CodeUnauthenticated {
+		return "" // a refused duplicate or replay, say: the acceptance may have arrived
 	}
 	return inner.Code
 }
@@ -304,7 +307,7 @@ func (n *Node) storeAcceptance(ctx context.Context, op string, inv *Invitation, 
 
 // confirmAcceptance records the public initiator's signed answer and makes
 // this side Active.
-func (n *Node) confirmAcceptance(ctx context.Context, op string, c *Connection, stored bool, inv *Invitation, reply *verifiedReply) (*Connection, error) {
+func (n *Node) confirmAcceptance(ctx context.Context, op string, c *Connection, stored bool, used string, reply *verifiedReply) (*Connection, error) {
 	now := n.clock.Now()
 	apply := func(c *Connection) {
 		c.Status = StatusActive
@@ -315,10 +318,10 @@ func (n *Node) confirmAcceptance(ctx context.Context, op string, c *Connection, 
 	if !stored {
 		apply(c)
 		evs := []Event{
-			n.event(ctx, EventCreated, "created from the invitation of "+inv.InitiatorName),
+			n.event(ctx, EventCreated, "created from the invitation of "+c.RemoteName),
 			n.event(ctx, EventAccepted, "accepted the invitation; the initiator confirmed"),
 		}
-		err := n.store.ConsumeInvitation(ctx, inv.Issuer+"/"+inv.ID, acceptanceDeadline(c), c, evs...)
+		err := n.store.ConsumeInvitation(ctx, used, acceptanceDeadline(c), c, evs...)
 		if ErrorCode(err) == CodeAlreadyExists || ErrorCode(err) == CodeAlreadyUsed {
 			return nil, &Error{Code: CodeAlreadyUsed, Op: op, Message: "invitation was already accepted on this instance"}
 		}
@@ -372,25 +375,32 @@ type verifiedReply struct {
 	key ed25519.PublicKey
 }
 
-// presentInvitation sends the code to the public initiator and checks its
-// answer is signed by the pinned key.
-func (n *Node) presentInvitation(ctx context.Context, op, code string, inv *Invitation, c *Connection) (*verifiedReply, error) {
+// presentInvitation presents an acceptance to the public initiator of c:
+// with the code, or, when code is empty (a follow-up by Sync), with the
+// proof that this side holds it. The answer must be signed by the key the
+// code pinned.
+func (n *Node) presentInvitation(ctx context.Context, op, code string, c *Connection) (*verifiedReply, error) {
 	ks := n.keys.Load()
-	body, err := json.Marshal(acceptRequest{
+	key, err := n.signingKey(c)
+	if err != nil {
+		return nil, err
+	}
+	req := acceptRequest{
 		Code: code, Instance: ks.instance,
-		Key:      base64.RawURLEncoding.EncodeToString(ks.public),
+		Key:      base64.RawURLEncoding.EncodeToString(key.Public()),
 		Endpoint: n.endpoint, Connection: c.ID, Name: c.LocalName,
-	})
+	}
+	if code == "" {
+		req.Proof = acceptProof(c.Invitation, key.Public())
+	}
+	body, err := json.Marshal(req)
 	if err != nil {
 		return nil, Wrap(CodeInternal, op, err)
 	}
 	resp, _, err := n.call(ctx, op, request{
-		endpoint: inv.Endpoint, op: OpAccept, sub: inv.Connection, body: body, key: ks.current,
-		withKey: true, answeredBy: pinnedKey(op, inv.Key),
+		endpoint: c.RemoteURL, op: OpAccept, sub: c.RemoteConnection, body: body, key: key,
+		withKey: true, answeredBy: pinnedKey(op, c.RemoteKey),
 	})
-	if ErrorCode(err) == CodeKeyMismatch {
-		return nil, &Error{Code: CodeKeyMismatch, Op: op, Message: "the initiator answered with a key other than the one its invitation pinned: acceptance aborted"}
-	}
 	if err != nil {
 		return nil, err
 	}
@@ -398,14 +408,14 @@ func (n *Node) presentInvitation(ctx context.Context, op, code string, inv *Invi
 	if err := decodeBody(op, resp, MaxRequestBody, &reply); err != nil {
 		return nil, err
 	}
-	key, ok := decodeKey(reply.Key)
-	if !ok || !key.Equal(inv.Key) || reply.Instance != inv.Issuer || reply.Connection != inv.Connection {
+	rkey, ok := decodeKey(reply.Key)
+	if !ok || !rkey.Equal(c.RemoteKey) || reply.Instance != c.RemoteInstance || reply.Connection != c.RemoteConnection {
 		return nil, &Error{Code: CodeProtocol, Op: op, Message: "the initiator's answer does not match its invitation"}
 	}
 	if err := checkText("name", reply.Name, 1, MaxShortNameLen); err != nil {
 		return nil, &Error{Code: CodeProtocol, Op: op, Message: "the initiator's answer has an invalid short name"}
 	}
-	return &verifiedReply{peerReply: reply, key: key}, nil
+	return &verifiedReply{peerReply: reply, key: rkey}, nil
 }
 
 // Sync does one round of Run's handshake work now: it completes or closes
@@ -422,7 +432,7 @@ func (n *Node) Sync(ctx context.Context) error {
 		}
 		for _, c := range conns {
 			if err := n.syncPending(ctx, c); err != nil && first == nil {
-				first = err
+				first = n.fail(ctx, "tether: sync", err)
 			}
 		}
 		if next == "" {
@@ -445,35 +455,61 @@ func (n *Node) syncPending(ctx context.Context, c *Connection) error {
 		}
 		return nil
 	}
-	// A private initiator asks the destination, also once past the expiry:
-	// an acceptance made in time still completes.
-	reply, err := n.askStatus(ctx, c)
-	switch code := ErrorCode(err); {
-	case err == nil:
-	case expired:
-		return n.expireInvitation(ctx, c.ID, "invitation expired without being accepted")
-	case code == CodeRevoked || code == CodeGone || code == CodeExpired:
-		// Signed by the destination, the only instance that may accept:
-		// it deleted or gave up its acceptance, so none will come.
-		return n.expireInvitation(WithActor(ctx, ActorRemote), c.ID, "the destination withdrew its acceptance")
-	default:
-		n.healthFail(ctx, c.ID, err, true)
-		return err
-	}
-	err = n.completeAsInitiator(WithActor(ctx, ActorRemote), c.ID, c.Invitation, reply, "accepted by "+reply.Name+", confirmed by asking the destination")
-	if errors.Is(err, ErrAlreadyUsed) {
-		return nil
-	}
-	if err != nil {
-		return n.fail(ctx, op, err)
-	}
-	// Tell the acceptor at once; its first poll would tell it too.
-	if c, err := n.store.GetConnection(ctx, c.ID); err == nil {
-		if err := n.exchange(ctx, op, c, OpStatus, []byte(confirmJSON), nil); err != nil {
-			n.log.DebugContext(ctx, "tether: confirm the acceptance", "connection", c.ID, "err", err)
+	if c.RemoteInstance == "" {
+		// A private initiator asks the destination, also once past the
+		// expiry: an acceptance made in time still completes.
+		reply, err := n.askStatus(ctx, c)
+		switch code := ErrorCode(err); {
+		case err == nil:
+		case expired:
+			return n.expireInvitation(ctx, c.ID, "invitation expired without being accepted")
+		case code == CodeRevoked || code == CodeGone || code == CodeExpired:
+			// Signed by the holder of the code at the destination, the only
+			// instance that may accept: it gave up its acceptance.
+			return n.expireInvitation(WithActor(ctx, ActorRemote), c.ID, "the destination withdrew its acceptance")
+		default:
+			n.healthFail(ctx, c.ID, err, true)
+			return err
+		}
+		// Record the acceptor, consuming the invitation; the connection
+		// turns Active once the acceptor confirms it took the news.
+		if err := n.recordAcceptor(ctx, c.ID, c.Invitation, reply); err != nil {
+			return err
+		}
+		if c, err = n.store.GetConnection(ctx, c.ID); err != nil {
+			return err
 		}
 	}
-	return nil
+	return n.confirmToAcceptor(ctx, c)
+}
+
+// confirmToAcceptor tells the public acceptor of c, Pending on this private
+// initiator with its acceptor recorded, that the acceptance is recorded
+// here. Its signed answer makes both sides Active, or, if it gave up the
+// acceptance meanwhile, both Deleted. Until it answers, c stays Pending,
+// whatever the time: the acceptor decides.
+func (n *Node) confirmToAcceptor(ctx context.Context, c *Connection) error {
+	const op = "tether: sync"
+	var reply peerReply
+	err := n.exchange(ctx, op, c, OpStatus, []byte(confirmJSON), &reply)
+	switch code := ErrorCode(err); {
+	case err == nil:
+		_, err := n.edit(WithActor(ctx, ActorRemote), op, c.ID, func(c *Connection) (*Event, error) {
+			if c.Status != StatusPending {
+				return nil, nil
+			}
+			c.Health = Health{LastContact: n.clock.Now()}
+			return n.step(WithActor(ctx, ActorRemote), op, c, ActionAccept, "accepted by "+c.RemoteName+", confirmed with the destination")
+		})
+		if err == nil {
+			n.notifyChanged()
+		}
+		return err
+	case code == CodeRevoked || code == CodeGone || code == CodeExpired:
+		return n.expireInvitation(WithActor(ctx, ActorRemote), c.ID, "the destination gave up the acceptance before it was confirmed")
+	}
+	n.healthFail(ctx, c.ID, err, true)
+	return err
 }
 
 // confirmJSON is the status request of an initiator that recorded the
@@ -511,45 +547,40 @@ func (n *Node) expireInvitation(ctx context.Context, id, detail string) error {
 }
 
 // syncAcceptance follows up an acceptance the initiator has not confirmed
-// yet: a public initiator is asked; past the deadline the acceptance is
-// given up.
+// yet. A public initiator is presented the acceptance again, with the proof
+// that this side holds the code: it completes it, or refuses it signed, and
+// only then does this side decide. A private initiator cannot be asked: the
+// acceptance is given up at its deadline.
 func (n *Node) syncAcceptance(ctx context.Context, c *Connection) error {
 	const op = "tether: sync"
-	if c.RemoteURL != "" {
-		err := n.exchange(ctx, op, c, OpStatus, nil, nil)
-		switch {
-		case err == nil:
-			_, err = n.peerConfirmed(ctx, c.ID)
-			return err
-		case !transient(err):
-			n.abandonAcceptance(ctx, c.ID, "the initiator refused the acceptance: "+string(ErrorCode(err)))
-			return nil
+	if c.RemoteURL == "" {
+		if !n.clock.Now().Before(acceptanceDeadline(c)) {
+			n.abandonAcceptance(ctx, c.ID, "the initiator did not confirm the acceptance before the invitation expired")
 		}
-		n.healthFail(ctx, c.ID, err, true)
+		return nil
 	}
-	if !n.clock.Now().Before(acceptanceDeadline(c)) {
-		n.abandonAcceptance(ctx, c.ID, "the initiator did not confirm the acceptance before the invitation expired")
-		if c.RemoteURL != "" {
-			// Best effort: a public initiator that recorded this side
-			// learns it is deleted here.
-			n.notifyPeer(ctx, c, OpClose)
-		}
+	reply, err := n.presentInvitation(ctx, op, "", c)
+	switch {
+	case err == nil:
+		_, err = n.confirmAcceptance(ctx, op, c, true, "", reply)
+		return n.fail(ctx, op, err)
+	case !transient(err):
+		n.abandonAcceptance(ctx, c.ID, "the initiator refused the acceptance: "+string(ErrorCode(err)))
+		return nil
 	}
-	return nil
+	n.healthFail(ctx, c.ID, err, true)
+	return n.fail(ctx, op, err)
 }
 
 // peerConfirmed makes a Pending acceptance Active: the initiator proved it
-// recorded it (it polled, pushed, or said so). Past the deadline the
-// acceptance is given up instead, and the peer learns at its next request.
+// recorded it (it polled, pushed, or said so). An acceptance already given
+// up stays Deleted, and the peer learns it at its next request.
 func (n *Node) peerConfirmed(ctx context.Context, id string) (*Connection, error) {
 	const op = "tether: confirm acceptance"
 	ctx = WithActor(ctx, ActorRemote)
 	c, err := n.edit(ctx, op, id, func(c *Connection) (*Event, error) {
 		if c.Status != StatusPending || c.Role != RoleAcceptor {
 			return nil, nil
-		}
-		if !n.clock.Now().Before(acceptanceDeadline(c)) {
-			return n.step(WithActor(ctx, ActorSystem), op, c, ActionExpire, "the initiator confirmed after the invitation expired")
 		}
 		c.Health = Health{LastContact: n.clock.Now()}
 		return n.step(ctx, op, c, ActionAccept, "the initiator confirmed the acceptance")
@@ -578,10 +609,19 @@ func (n *Node) askStatus(ctx context.Context, c *Connection) (*verifiedReply, er
 		endpoint: c.RemoteURL, op: OpStatus, sub: acceptorID, key: key,
 		answeredBy: wire.EmbeddedKey(KeyID),
 	})
-	if err != nil {
+	if err != nil && claims == nil {
 		return nil, err
 	}
 	pub, _ := decodeKey(claims.Key)
+	if err != nil {
+		// Any key can sign a refusal: only one from the holder of the code
+		// counts.
+		var r refusalBody
+		if json.Unmarshal(body, &r) != nil || r.Refused == nil || r.Refused.Proof != acceptProof(c.Invitation, pub) {
+			return nil, &Error{Code: CodeUnavailable, Op: op, Message: "the destination's refusal does not prove it holds the invitation code", Err: &Error{Code: ErrorCode(err)}}
+		}
+		return nil, err
+	}
 	var reply peerReply
 	if err := decodeBody(op, body, MaxRequestBody, &reply); err != nil {
 		return nil, err
@@ -604,29 +644,45 @@ func (n *Node) askStatus(ctx context.Context, c *Connection) (*verifiedReply, er
 // same acceptor already completed it, it returns nil; another acceptor gets
 // CodeAlreadyUsed.
 func (n *Node) completeAsInitiator(ctx context.Context, id, jti string, r *verifiedReply, detail string) error {
+	return n.takeAcceptance(ctx, id, jti, r, true, detail)
+}
+
+// recordAcceptor is completeAsInitiator for a private initiator: the
+// connection stays Pending until the acceptor confirms it heard.
+func (n *Node) recordAcceptor(ctx context.Context, id, jti string, r *verifiedReply) error {
+	return n.takeAcceptance(ctx, id, jti, r, false, "")
+}
+
+func (n *Node) takeAcceptance(ctx context.Context, id, jti string, r *verifiedReply, activate bool, detail string) error {
 	const op = "tether: complete handshake"
 	return retryOnConflict(func() error {
 		c, err := n.store.GetConnection(ctx, id)
 		if err != nil {
 			return err
 		}
+		same := c.RemoteInstance == r.Instance && c.RemoteConnection == r.Connection && c.RemoteKey.Equal(r.key)
 		switch {
 		case c.Role != RoleInitiator || c.Invitation != jti:
 			return &Error{Code: CodeRevoked, Op: op, Message: "invitation was revoked or replaced"}
-		case c.Status != StatusPending && c.RemoteInstance == r.Instance && c.RemoteConnection == r.Connection && c.RemoteKey.Equal(r.key):
-			return nil // a retry of the acceptance that completed the handshake
+		case c.Status != StatusDeleted && same && (c.Status != StatusPending || !activate):
+			return nil // a retry of the acceptance that completed (or recorded) it
 		case c.Status == StatusDeleted:
 			return &Error{Code: CodeRevoked, Op: op, Message: "invitation was revoked or has expired"}
-		case c.Status != StatusPending:
+		case c.Status != StatusPending || c.RemoteInstance != "":
 			return &Error{Code: CodeAlreadyUsed, Op: op, Message: "invitation was already used"}
 		}
-		c.Status = StatusActive
 		c.RemoteInstance, c.RemoteKey, c.RemoteConnection = r.Instance, r.key, r.Connection
 		c.RemoteURL, c.RemoteName = r.Endpoint, r.Name
 		now := n.clock.Now()
 		c.UpdatedAt = now
 		c.Health = Health{LastContact: now}
-		ev := n.event(ctx, EventAccepted, detail)
+		var ev Event
+		if activate {
+			c.Status = StatusActive
+			ev = n.event(ctx, EventAccepted, detail)
+		} else {
+			ev = n.event(ctx, EventUpdated, "accepted by "+r.Name+" at the destination; confirming")
+		}
 		err = n.store.ConsumeInvitation(ctx, n.ID()+"/"+c.Invitation, c.InvitationExpires.Add(ClockSkew), c, ev)
 		if ErrorCode(err) == CodeAlreadyUsed {
 			// Re-read: it may be this same acceptor's earlier attempt.
@@ -665,9 +721,8 @@ func (n *Node) handleAccept(ctx context.Context, req *Request) (*Response, error
 	if !ok || body.Key != claims.Key || claims.Issuer != body.Instance {
 		return nil, refused(op)
 	}
-	ks := n.keys.Load()
-	inv, err := n.invites.decode(op, body.Code, now, ks)
-	if err != nil {
+	inv, err := n.presented(ctx, op, &body, claims.Subject, key, now)
+	if inv == nil {
 		return nil, err // not signed: the code may not even be this instance's
 	}
 	if claims.Subject != inv.Connection {
@@ -681,6 +736,9 @@ func (n *Node) handleAccept(ctx context.Context, req *Request) (*Response, error
 	}
 	if late {
 		return refuse(&Error{Code: CodeClockSkew, Op: op, Message: "the acceptor's clock and the initiator's differ by more than " + ClockSkew.String() + ": check the clocks of both instances"})
+	}
+	if err != nil {
+		return refuse(err)
 	}
 	if !n.fresh(ctx, claims, now) {
 		return nil, refused(op)
@@ -729,6 +787,41 @@ func (n *Node) handleAccept(ctx context.Context, req *Request) (*Response, error
 	return n.signAnswer(op, c, claims, n.introduction(c, false), false)
 }
 
+// presented returns the invitation an accept request presents: the code it
+// carries, verified with this instance's keys, or, for a follow-up that
+// proves it holds the code instead, the invitation as the initiator's
+// connection recorded it. An error with a nil invitation is answered
+// unsigned; with an invitation, signed.
+func (n *Node) presented(ctx context.Context, op string, body *acceptRequest, sub string, key ed25519.PublicKey, now time.Time) (*Invitation, error) {
+	if body.Code != "" {
+		inv, err := n.invites.decode(op, body.Code, now, n.keys.Load())
+		if err != nil {
+			return nil, err
+		}
+		return inv, nil
+	}
+	if checkID("sub", sub) != nil {
+		return nil, refused(op)
+	}
+	c, err := n.store.GetConnection(ctx, sub)
+	if err != nil || c.Role != RoleInitiator || c.Kind != KindPeer ||
+		subtle.ConstantTimeCompare([]byte(body.Proof), []byte(acceptProof(c.Invitation, key))) != 1 {
+		return nil, refused(op)
+	}
+	inv := &Invitation{
+		ID: c.Invitation, Issuer: n.ID(), KeyID: c.LocalKeyID, Connection: c.ID,
+		IssuedAt: c.CreatedAt, ExpiresAt: c.InvitationExpires,
+	}
+	if c.Status != StatusPending {
+		return inv, nil // completed or closed: completeAsInitiator says which
+	}
+	inv.Destination = c.RemoteURL
+	if !now.Before(c.InvitationExpires.Add(ClockSkew)) {
+		return inv, &Error{Code: CodeExpired, Op: op, Message: "the invitation expired before the acceptance arrived"}
+	}
+	return inv, nil
+}
+
 // checkDestination asks the destination of inv whether it is the acceptor
 // that presented the code: it must answer, signed with the key the
 // acceptor presented, that it holds the acceptance.
@@ -775,13 +868,20 @@ func (n *Node) handleStatus(ctx context.Context, req *Request) (*Response, error
 		}
 		c := a.conn
 		if c.Role == RoleAcceptor && c.Status == StatusPending {
-			if body.Confirmed || !n.clock.Now().Before(acceptanceDeadline(c)) {
-				got, err := n.peerConfirmed(ctx, c.ID)
-				if err != nil {
-					return nil, err
-				}
-				c = got
+			if !body.Confirmed && !n.clock.Now().Before(acceptanceDeadline(c)) {
+				n.abandonAcceptance(ctx, c.ID, "the initiator did not confirm the acceptance before the invitation expired")
 			}
+			var got *Connection
+			var err error
+			if body.Confirmed {
+				got, err = n.peerConfirmed(ctx, c.ID)
+			} else {
+				got, err = n.store.GetConnection(ctx, c.ID)
+			}
+			if err != nil {
+				return nil, err
+			}
+			c = got
 		}
 		if c.Status == StatusDeleted {
 			return nil, &Error{Code: CodeRevoked, Op: op, Message: "the connection was deleted on this side"}
@@ -806,7 +906,10 @@ func (n *Node) introduction(c *Connection, withProof bool) peerReply {
 }
 
 type acceptRequest struct {
-	Code       string `json:"code"`               // the invitation code: proof of possession
+	Code string `json:"code,omitempty"` // the invitation code: proof of possession
+	// Proof replaces the code when an acceptor follows up an acceptance
+	// whose answer was lost: acceptProof of the invitation ID and its key.
+	Proof      string `json:"proof,omitempty"`
 	Instance   string `json:"instance"`           // acceptor instance ID
 	Key        string `json:"key"`                // acceptor public key, base64url
 	Endpoint   string `json:"endpoint,omitempty"` // acceptor URL; empty when private

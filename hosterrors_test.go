@@ -61,9 +61,9 @@ func TestContextErrors(t *testing.T) {
 		{expired, tether.CodeDeadlineExceeded, context.DeadlineExceeded},
 	} {
 		for name, call := range map[string]func(context.Context) error{
-			"send":   func(ctx context.Context) error { _, err := alpha.Send(ctx, aid, []byte("x")); return err },
-			"get":    func(ctx context.Context) error { _, err := alpha.Get(ctx, aid); return err },
-			"pause":  func(ctx context.Context) error { _, err := alpha.Pause(ctx, aid); return err },
+			"send":  func(ctx context.Context) error { _, err := alpha.Send(ctx, aid, []byte("x")); return err },
+			"get":   func(ctx context.Context) error { _, err := alpha.Get(ctx, aid); return err },
+			"pause": func(ctx context.Context) error { _, err := alpha.Pause(ctx, aid); return err },
 			"accept": func(ctx context.Context) error {
 				_, err := w.node("acceptor "+string(tc.code), "").Accept(ctx, code, tether.AcceptOptions{})
 				return err

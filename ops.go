@@ -140,6 +140,9 @@ func (n *Node) authenticate(ctx context.Context, op string, req *Request) (*auth
 			}
 			got, err := n.store.GetConnection(ctx, sub)
 			if err != nil {
+				if ctx.Err() != nil {
+					return nil, contextError(op, ctx.Err())
+				}
 				return nil, refused(op)
 			}
 			c = got
@@ -148,6 +151,9 @@ func (n *Node) authenticate(ctx context.Context, op string, req *Request) (*auth
 	})
 	if ErrorCode(err) == CodeClockSkew && c != nil && claims != nil && claims.Issuer == c.RemoteInstance {
 		return &authenticated{conn: c, claims: claims, late: err}, nil
+	}
+	if ctx.Err() != nil {
+		return nil, contextError(op, ctx.Err())
 	}
 	if err != nil || claims.Issuer != c.RemoteInstance || !n.fresh(ctx, claims, now) {
 		return nil, refused(op)
@@ -187,6 +193,10 @@ type refusal struct {
 	Code    Code   `json:"code"`
 	Message string `json:"message"`
 	RetryMS int64  `json:"retry_ms,omitempty"`
+	// Proof, when an acceptor refuses a status request, shows it holds
+	// the invitation code, as in peerReply: the asker does not know its
+	// key yet.
+	Proof string `json:"proof,omitempty"`
 }
 
 // refusal signs err as the answer to an authenticated request.
@@ -199,7 +209,13 @@ func (n *Node) refusal(op string, a *authenticated, err error) (*Response, error
 	if msg == "" {
 		msg = string(e.Code)
 	}
-	resp, serr := n.answer(op, a, refusalBody{Refused: &refusal{Code: e.Code, Message: msg, RetryMS: e.RetryAfter.Milliseconds()}})
+	r := &refusal{Code: e.Code, Message: msg, RetryMS: e.RetryAfter.Milliseconds()}
+	if a.claims.Op == string(OpStatus) && a.conn.Role == RoleAcceptor {
+		if key, err := n.signingKey(a.conn); err == nil {
+			r.Proof = acceptProof(a.conn.Invitation, key.Public())
+		}
+	}
+	resp, serr := n.answer(op, a, refusalBody{Refused: r})
 	if serr != nil {
 		return nil, err
 	}

@@ -1,6 +1,7 @@
 package tether
 
 import (
+	"context"
 	"crypto/ed25519"
 	"encoding/base64"
 	"encoding/json"
@@ -45,3 +46,11 @@ func Backoff(n *Node, attempt int, err error) time.Duration { return n.backoff(a
 
 // AcceptorID is the connection ID an acceptor of inv uses.
 func AcceptorID(inv *Invitation) string { return derivedID("conn", inv.IssuedAt, inv.Issuer, inv.ID) }
+
+// RunTracked runs n as Run does, and returns with it a count of the
+// connections n and that Run keep state for (caches, waiters, delivery
+// locks, pushers, pollers' connections).
+func RunTracked(ctx context.Context, n *Node) (run func() error, tracked func() int) {
+	r := newRunner(n)
+	return func() error { return n.run(ctx, r) }, func() int { return n.trackedConnections() + r.tracked() }
+}

@@ -10,9 +10,7 @@ import (
 // cursor after each. It returns the cursor and the Receiver's error, if
 // any. Deliveries to one connection are serialized.
 func (n *Node) deliver(ctx context.Context, id string, msgs []Message) (int64, error) {
-	mu, _ := n.inbox.LoadOrStore(id, new(sync.Mutex))
-	mu.(*sync.Mutex).Lock()
-	defer mu.(*sync.Mutex).Unlock()
+	defer n.lockInbox(id)()
 	cursor, err := n.store.InboxCursor(ctx, id)
 	if err != nil {
 		return 0, err
@@ -76,4 +74,43 @@ func nextRun(msgs []Message, cursor int64) []Message {
 		j++
 	}
 	return msgs[i:j]
+}
+
+// inboxLock serializes deliveries to one connection. It stays in n.inbox
+// only while a delivery holds it or waits for it, so n.inbox never holds
+// more entries than deliveries under way.
+type inboxLock struct {
+	mu sync.Mutex // held by the delivery under way
+
+	refs  sync.Mutex // guards users and dead
+	users int        // deliveries holding or waiting for mu
+	dead  bool       // removed from n.inbox: take a new one
+}
+
+// lockInbox locks connection id's inbox and returns the unlock.
+func (n *Node) lockInbox(id string) (unlock func()) {
+	for {
+		v, ok := n.inbox.Load(id)
+		if !ok {
+			v, _ = n.inbox.LoadOrStore(id, new(inboxLock))
+		}
+		l := v.(*inboxLock)
+		l.refs.Lock()
+		if l.dead {
+			l.refs.Unlock()
+			continue
+		}
+		l.users++
+		l.refs.Unlock()
+		l.mu.Lock()
+		return func() {
+			l.mu.Unlock()
+			l.refs.Lock()
+			defer l.refs.Unlock()
+			if l.users--; l.users == 0 {
+				l.dead = true
+				n.inbox.CompareAndDelete(id, l)
+			}
+		}
+	}
 }

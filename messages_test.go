@@ -589,12 +589,14 @@ func TestManyConnectionsToOneEndpoint(t *testing.T) {
 func TestLargestPollFits(t *testing.T) {
 	w := newWorld(t)
 	alpha, beta := w.node("alpha", alphaURL), w.node("beta", "")
-	var parts []string
-	for i := range tether.MaxPollConnections {
+	aid, _ := connect(t, alpha, beta, "")
+	parts := []string{fmt.Sprintf(`{"id":%q,"cursor":9223372036854775807}`, aid)}
+	for i := 1; i < tether.MaxPollConnections; i++ {
 		parts = append(parts, fmt.Sprintf(`{"id":"conn_%026d","cursor":9223372036854775807}`, i))
 	}
 	body := []byte(`{"wait_ms":25000,"connections":[` + strings.Join(parts, ",") + `]}`)
-	_, err := alpha.Handle(context.Background(), tether.SignRequest(beta.Node, alphaURL, tether.OpPoll, "", body))
-	// The connections do not exist: refused, but read, not too large.
+	_, err := alpha.Handle(context.Background(), tether.SignRequest(beta.Node, alphaURL, tether.OpPoll, aid, body))
+	// The poll is authentic, and read whole: the other connections do not
+	// exist, so it is refused, but not as too large or invalid.
 	wantCode(t, err, tether.CodeUnauthenticated)
 }

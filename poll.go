@@ -4,12 +4,17 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"sync/atomic"
 	"time"
 )
 
 type pollCursor struct {
 	ID     string `json:"id"` // the answering side's connection ID
 	Cursor int64  `json:"cursor"`
+	// Paused says the last answer said this connection was paused: the
+	// answer comes at once when that is no longer so, and the other way
+	// round.
+	Paused bool `json:"paused,omitempty"`
 }
 
 type pollRequest struct {
@@ -35,20 +40,28 @@ type pollReply struct {
 }
 
 // pullLoop is a private side's long-poll to one public endpoint, carrying
-// all of its connections there.
-func (n *Node) pullLoop(ctx context.Context, p *puller) {
+// all of its connections there. It ends with ctx, or when the puller
+// carries no connection and retire agrees.
+func (n *Node) pullLoop(ctx context.Context, p *puller, retire func() bool) {
 	attempt := 0
 	for ctx.Err() == nil {
 		err := n.pollOnce(ctx, p)
 		switch {
 		case ctx.Err() != nil:
 			return
+		case errors.Is(err, errRestart):
 		case errors.Is(err, errNothingToPoll):
+			if retire() {
+				return
+			}
+			// Run's rescans and a connection carried or activated wake
+			// the puller; other processes sharing the Store are not seen
+			// otherwise.
 			select {
 			case <-ctx.Done():
 				return
 			case <-p.changed:
-			case <-n.clock.After(idleRecheck):
+			case <-n.recheck():
 			}
 		case err != nil:
 			n.log.DebugContext(ctx, "tether: poll failed", "endpoint", p.endpoint, "err", err)
@@ -62,23 +75,38 @@ func (n *Node) pullLoop(ctx context.Context, p *puller) {
 	}
 }
 
-var errNothingToPoll = errors.New("no active connection to poll")
+var (
+	errNothingToPoll = errors.New("no active connection to poll")
+	errRestart       = errors.New("the connections to poll changed")
+)
 
-// pollOnce makes one long-poll and delivers what it brings.
+// pollOnce makes one long-poll and delivers what it brings. The poll is
+// restarted (errRestart) when the connections it should carry change
+// while it is prepared or held.
 func (n *Node) pollOnce(ctx context.Context, p *puller) error {
 	const op = "tether: poll"
 	var (
-		req   = pollRequest{WaitMS: n.pollWait.Milliseconds()}
-		local = map[string]*Connection{} // by the peer's connection ID
-		first *Connection
+		req     = pollRequest{WaitMS: n.pollWait.Milliseconds()}
+		local   = map[string]*Connection{} // by the peer's connection ID
+		polling = map[string]bool{}
+		first   *Connection
 	)
-	for _, id := range p.snapshot() {
+	ids, gen := p.prepare()
+	for id, paused := range ids {
 		c, err := n.store.GetConnection(ctx, id)
 		if err != nil {
 			return err
 		}
 		if c.Status == StatusDeleted {
 			p.remove(id)
+			n.forget(id)
+			continue
+		}
+		if c.RemoteURL != p.endpoint || KeyID(c.RemoteKey) != p.keyID {
+			// The peer moved or changed its key: Run gives the connection
+			// to the puller for its new endpoint and key.
+			p.remove(id)
+			n.notifyChanged()
 			continue
 		}
 		if c.Status != StatusActive {
@@ -88,8 +116,9 @@ func (n *Node) pollOnce(ctx context.Context, p *puller) error {
 		if err != nil {
 			return err
 		}
-		req.Connections = append(req.Connections, pollCursor{ID: c.RemoteConnection, Cursor: cursor})
+		req.Connections = append(req.Connections, pollCursor{ID: c.RemoteConnection, Cursor: cursor, Paused: paused})
 		local[c.RemoteConnection] = c
+		polling[id] = true
 		if first == nil {
 			first = c
 		}
@@ -101,8 +130,18 @@ func (n *Node) pollOnce(ctx context.Context, p *puller) error {
 	if err != nil {
 		return err
 	}
+	pctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	if !p.begin(gen, polling, cancel) {
+		return errRestart
+	}
 	var reply pollReply
-	if err := n.exchange(ctx, op, &Connection{RemoteURL: p.endpoint, RemoteKey: first.RemoteKey, LocalKeyID: first.LocalKeyID, RemoteConnection: first.RemoteConnection}, OpPoll, body, &reply); err != nil {
+	err = n.exchange(pctx, op, &Connection{RemoteURL: p.endpoint, RemoteKey: first.RemoteKey, LocalKeyID: first.LocalKeyID, RemoteConnection: first.RemoteConnection}, OpPoll, body, &reply)
+	p.end()
+	if err != nil {
+		if pctx.Err() != nil && ctx.Err() == nil {
+			return errRestart
+		}
 		for _, c := range local {
 			n.healthFail(ctx, c.ID, err, true)
 		}
@@ -119,9 +158,18 @@ func (n *Node) pollOnce(ctx context.Context, p *puller) error {
 		case pollGone:
 			n.peerDeleted(ctx, c.ID)
 			p.remove(c.ID)
+			n.forget(c.ID)
 			continue
-		case pollActive:
-			n.signal(c.ID) // this side's pusher may be waiting out a pause
+		case pollPaused:
+			p.peerPaused(c.ID, true)
+		default:
+			if p.peerPaused(c.ID, false) {
+				n.signal(c.ID) // this side's pusher may be waiting out the pause
+			}
+		}
+		if len(b.Messages) == 0 {
+			n.healthOK(ctx, c.ID)
+			continue
 		}
 		msgs := make([]Message, len(b.Messages))
 		for i, m := range b.Messages {
@@ -147,33 +195,34 @@ func (n *Node) pollOnce(ctx context.Context, p *puller) error {
 // its active connections, one was deleted, or the wait ends.
 func (n *Node) handlePoll(ctx context.Context, req *Request) (*Response, error) {
 	const op = "tether: handle poll"
-	var body pollRequest
-	if err := decodeBody(op, req.Body, maxPollBody, &body); err != nil {
+	// The token names the first connection: its peer's key authenticates
+	// the poll before the body is parsed or any other connection is read,
+	// so a forged poll costs what any forged request does.
+	a, err := n.authenticate(ctx, op, req)
+	if err != nil {
 		return nil, err
 	}
+	if a.late != nil {
+		return n.refusal(op, a, a.late)
+	}
+	var body pollRequest
+	if err := decodeBody(op, req.Body, maxPollBody, &body); err != nil {
+		return n.refusal(op, a, err)
+	}
 	if len(body.Connections) == 0 || len(body.Connections) > MaxPollConnections {
-		return nil, &Error{Code: CodeInvalid, Op: op, Message: "a poll names 1 to 1000 connections"}
+		return n.refusal(op, a, &Error{Code: CodeInvalid, Op: op, Message: "a poll names 1 to 1000 connections"})
 	}
 	ids := make([]string, len(body.Connections))
 	seen := make(map[string]bool, len(body.Connections))
 	for i, pc := range body.Connections {
 		if checkID("id", pc.ID) != nil || pc.Cursor < 0 || seen[pc.ID] {
-			return nil, &Error{Code: CodeInvalid, Op: op, Message: "a poll names each connection once, by a valid ID, with a cursor of 0 or more"}
+			return n.refusal(op, a, &Error{Code: CodeInvalid, Op: op, Message: "a poll names each connection once, by a valid ID, with a cursor of 0 or more"})
 		}
 		seen[pc.ID] = true
 		ids[i] = pc.ID
 	}
-	// The token names the first connection: its peer's key authenticates
-	// the poll before any other connection is read.
-	a, err := n.authenticate(ctx, op, req)
-	if err != nil {
-		return nil, err
-	}
 	if a.conn.ID != ids[0] {
 		return nil, refused(op)
-	}
-	if a.late != nil {
-		return n.refusal(op, a, a.late)
 	}
 	conns := make([]*Connection, len(ids))
 	conns[0] = a.conn
@@ -189,14 +238,10 @@ func (n *Node) handlePoll(ctx context.Context, req *Request) (*Response, error) 
 		}
 		conns[i+1] = c
 	}
+	now := n.clock.Now()
 	for i, pc := range body.Connections {
-		// Acknowledge what the cursor covers, unless this process did so
-		// for that cursor already: most polls repeat most cursors.
-		if last, _ := n.acked.Load(pc.ID); pc.Cursor > 0 && (last == nil || pc.Cursor > last.(int64)) {
-			if err := n.store.AckOutbox(ctx, pc.ID, pc.Cursor); err != nil {
-				return nil, Wrap(CodeUnavailable, op, err)
-			}
-			n.acked.Store(pc.ID, pc.Cursor)
+		if err := n.ackPolled(ctx, pc.ID, pc.Cursor, now); err != nil {
+			return nil, Wrap(CodeUnavailable, op, err)
 		}
 		n.healthOK(ctx, conns[i].ID)
 	}
@@ -205,11 +250,11 @@ func (n *Node) handlePoll(ctx context.Context, req *Request) (*Response, error) 
 	deadline := n.clock.After(min(time.Duration(max(body.WaitMS, 0))*time.Millisecond, n.pollWait))
 	read := body.Connections // what the next pass reads: all of them first
 	for {
-		reply, ready, err := n.pollBatches(ctx, read)
+		reply, err := n.pollBatches(ctx, read)
 		if err != nil {
 			return nil, Wrap(CodeUnavailable, op, err)
 		}
-		if !ready {
+		if len(reply.Connections) == 0 {
 			select {
 			case <-w.ch:
 				// Read again only the connections that were signaled.
@@ -233,28 +278,62 @@ func (n *Node) handlePoll(ctx context.Context, req *Request) (*Response, error) 
 	}
 }
 
-// pollBatches reads what each polled connection has after its cursor.
-// ready reports whether there is something worth answering at once.
-func (n *Node) pollBatches(ctx context.Context, polled []pollCursor) (pollReply, bool, error) {
-	reply := pollReply{Connections: make([]pollBatch, 0, len(polled))}
-	ready := false
+// ackMark is how far a poll acknowledged a connection's outbox, and when a
+// poll last named it.
+type ackMark struct {
+	cursor atomic.Int64
+	seen   atomic.Int64 // Unix nanoseconds
+}
+
+// ackedStale is how long an acknowledgement is remembered after the last
+// poll that named its connection.
+func (n *Node) ackedStale() time.Duration { return 2*n.pollWait + time.Minute }
+
+// ackPolled acknowledges the outbox of connection id up to cursor, unless
+// this process did so for that cursor already: most polls repeat most
+// cursors.
+func (n *Node) ackPolled(ctx context.Context, id string, cursor int64, now time.Time) error {
+	v, ok := n.acked.Load(id)
+	if !ok {
+		v, _ = n.acked.LoadOrStore(id, new(ackMark))
+	}
+	m := v.(*ackMark)
+	m.seen.Store(now.UnixNano())
+	if cursor <= m.cursor.Load() {
+		return nil
+	}
+	if err := n.store.AckOutbox(ctx, id, cursor); err != nil {
+		return err
+	}
+	for last := m.cursor.Load(); cursor > last && !m.cursor.CompareAndSwap(last, cursor); last = m.cursor.Load() {
+	}
+	return nil
+}
+
+// pollBatches reads what each polled connection has after its cursor, and
+// returns the batches worth answering at once: those with messages, those
+// of connections deleted, and those whose status differs from what the
+// poller last heard.
+func (n *Node) pollBatches(ctx context.Context, polled []pollCursor) (pollReply, error) {
+	reply := pollReply{Connections: []pollBatch{}}
 	count, size := 0, 0
 	for _, pc := range polled {
 		c, err := n.store.GetConnection(ctx, pc.ID)
 		if err != nil {
-			return reply, false, err
+			return reply, err
 		}
 		b := pollBatch{ID: pc.ID, Status: pollActive}
 		switch c.Status {
 		case StatusDeleted:
-			b.Status, ready = pollGone, true
+			b.Status = pollGone
+			n.forget(pc.ID)
 		case StatusActive:
 			if count >= n.batch || size >= batchBytes {
 				break
 			}
 			msgs, err := n.store.ListOutbox(ctx, pc.ID, pc.Cursor, n.batch-count)
 			if err != nil {
-				return reply, false, err
+				return reply, err
 			}
 			for _, m := range msgs {
 				if count > 0 && size+len(m.Payload) > batchBytes {
@@ -263,11 +342,12 @@ func (n *Node) pollBatches(ctx context.Context, polled []pollCursor) (pollReply,
 				b.Messages = append(b.Messages, wireMessage{Seq: m.Seq, Payload: m.Payload})
 				count, size = count+1, size+len(m.Payload)
 			}
-			ready = ready || len(b.Messages) > 0
 		default:
 			b.Status = pollPaused
 		}
-		reply.Connections = append(reply.Connections, b)
+		if len(b.Messages) > 0 || b.Status == pollGone || (b.Status == pollPaused) != pc.Paused {
+			reply.Connections = append(reply.Connections, b)
+		}
 	}
-	return reply, ready, nil
+	return reply, nil
 }

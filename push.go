@@ -53,8 +53,10 @@ func (n *Node) deliverable(op string, c *Connection) error {
 }
 
 // pushLoop delivers one connection's outbox to its public peer until the
-// connection is deleted or ctx ends.
-func (n *Node) pushLoop(ctx context.Context, id string) {
+// connection is deleted or ctx ends. peerPaused, when not nil, is told
+// each time the peer refuses a delivery because its side is paused: a
+// private side's poll then learns at once when the peer resumes.
+func (n *Node) pushLoop(ctx context.Context, id string, peerPaused func()) {
 	w, cancel := n.subscribe(id)
 	defer cancel()
 	wake := w.ch
@@ -78,6 +80,7 @@ func (n *Node) pushLoop(ctx context.Context, id string) {
 		}
 		switch c.Status {
 		case StatusDeleted:
+			n.forget(id)
 			return
 		case StatusActive:
 		default: // paused, inactive: keep the queue
@@ -129,9 +132,13 @@ func (n *Node) pushLoop(ctx context.Context, id string) {
 			n.healthOK(ctx, id)
 		case ErrorCode(err) == CodeGone:
 			n.peerDeleted(ctx, id)
+			n.forget(id)
 			return
 		case ErrorCode(err) == CodePaused:
 			n.healthFail(ctx, id, err, false)
+			if peerPaused != nil {
+				peerPaused()
+			}
 			if !n.sleep(ctx, max(n.backoff(0, err), n.retryBase), wake) {
 				return
 			}

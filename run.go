@@ -2,13 +2,16 @@ package tether
 
 import (
 	"context"
-	"strconv"
+	"maps"
+	"slices"
 	"sync"
 	"time"
 )
 
-// Run delivers messages and completes handshakes until ctx ends, then
-// returns ctx's error after every goroutine it started has ended. It
+// Run delivers messages and completes handshakes until ctx ends, then,
+// after every goroutine it started has ended, returns an *Error with
+// CodeCanceled or CodeDeadlineExceeded that wraps ctx's error
+// (errors.Is(err, context.Canceled) holds). It
 // pushes each connection's outbox to a public peer, long-polls each public
 // endpoint this instance (when private) has connections to, polls
 // destinations of pending invitations it initiated as a private side, and
@@ -16,11 +19,14 @@ import (
 // recorded in the connections' Health; they never end Run. Only one Run
 // may be active per Node.
 func (n *Node) Run(ctx context.Context) error {
+	return n.run(ctx, newRunner(n))
+}
+
+func (n *Node) run(ctx context.Context, r *runner) error {
 	if !n.running.CompareAndSwap(false, true) {
 		return &Error{Code: CodeInvalid, Op: "tether: run", Message: "Run is already running on this node"}
 	}
 	defer n.running.Store(false)
-	r := &runner{n: n, ctx: ctx, pushers: map[string]bool{}, pullers: map[string]*puller{}}
 	r.wg.Add(1)
 	go func() {
 		defer r.wg.Done()
@@ -35,10 +41,11 @@ func (n *Node) Run(ctx context.Context) error {
 		}()
 	}
 	for {
-		r.refresh()
+		r.refresh(ctx)
+		n.sweepCaches(n.clock.Now())
 		select {
 		case <-ctx.Done():
-			return ctx.Err()
+			return contextError("tether: run", ctx.Err())
 		case <-n.changed:
 		case <-n.clock.After(rescanInterval):
 		}
@@ -77,31 +84,37 @@ func (n *Node) pendingLoop(ctx context.Context) {
 	}
 }
 
+// runner keeps the workers of one Run: a pusher per connection to a public
+// peer, and, on a private side, a puller per public endpoint.
 type runner struct {
-	n   *Node
-	ctx context.Context
-	wg  sync.WaitGroup
+	n  *Node
+	wg sync.WaitGroup
 
 	mu      sync.Mutex
-	pushers map[string]bool    // connection IDs with a running pusher
-	pullers map[string]*puller // by endpoint
+	pushers map[string]bool      // connection IDs with a running pusher
+	pullers map[string][]*puller // by endpoint and peer key
 }
 
-// refresh starts the workers the stored connections need.
-func (r *runner) refresh() {
+func newRunner(n *Node) *runner {
+	return &runner{n: n, pushers: map[string]bool{}, pullers: map[string][]*puller{}}
+}
+
+// refresh starts the workers the stored connections need, and tells
+// pullers which of their connections are active.
+func (r *runner) refresh(ctx context.Context) {
 	n := r.n
 	for _, status := range []Status{StatusActive, StatusPaused, StatusInactive} {
 		opts := ListOptions{Status: status, Kind: KindPeer, Limit: MaxPageSize}
 		for {
-			conns, next, err := n.store.ListConnections(r.ctx, opts)
+			conns, next, err := n.store.ListConnections(ctx, opts)
 			if err != nil {
-				if r.ctx.Err() == nil {
-					n.log.WarnContext(r.ctx, "tether: list connections", "err", err)
+				if ctx.Err() == nil {
+					n.log.WarnContext(ctx, "tether: list connections", "err", err)
 				}
 				return
 			}
 			for _, c := range conns {
-				r.ensure(c)
+				r.ensure(ctx, c)
 			}
 			if next == "" {
 				break
@@ -111,7 +124,7 @@ func (r *runner) refresh() {
 	}
 }
 
-func (r *runner) ensure(c *Connection) {
+func (r *runner) ensure(ctx context.Context, c *Connection) {
 	if c.RemoteURL == "" {
 		return // the peer is private: it calls this side
 	}
@@ -122,7 +135,7 @@ func (r *runner) ensure(c *Connection) {
 		r.wg.Add(1)
 		go func() {
 			defer r.wg.Done()
-			r.n.pushLoop(r.ctx, c.ID)
+			r.n.pushLoop(ctx, c.ID, func() { r.peerPaused(c.ID) })
 			r.mu.Lock()
 			delete(r.pushers, c.ID)
 			r.mu.Unlock()
@@ -133,81 +146,199 @@ func (r *runner) ensure(c *Connection) {
 	}
 	// One long-poll per endpoint (and peer key) carries up to
 	// MaxPollConnections connections; more take a second, and so on.
-	base := c.RemoteURL + " " + KeyID(c.RemoteKey) + " "
-	for k := 0; ; k++ {
-		p := r.pullers[base+strconv.Itoa(k)]
-		if p == nil {
-			break
-		}
+	key := c.RemoteURL + " " + KeyID(c.RemoteKey)
+	active := c.Status == StatusActive
+	group := r.pullers[key]
+	for _, p := range group {
 		if p.has(c.ID) {
+			p.carry(c.ID, active)
 			return
 		}
 	}
-	for k := 0; ; k++ {
-		key := base + strconv.Itoa(k)
-		p := r.pullers[key]
-		if p == nil {
-			p = &puller{endpoint: c.RemoteURL, ids: map[string]bool{}, changed: make(chan struct{}, 1)}
-			r.pullers[key] = p
-			r.wg.Add(1)
-			go func() {
-				defer r.wg.Done()
-				r.n.pullLoop(r.ctx, p)
-			}()
-		}
-		if p.add(c.ID) {
+	for _, p := range group {
+		if p.carry(c.ID, active) {
 			return
 		}
 	}
+	p := newPuller(c.RemoteURL, KeyID(c.RemoteKey))
+	p.carry(c.ID, active)
+	r.pullers[key] = append(group, p)
+	r.wg.Add(1)
+	go func() {
+		defer r.wg.Done()
+		r.n.pullLoop(ctx, p, func() bool { return r.retire(key, p) })
+	}()
 }
 
-// puller is the single long-poll of a private side to one public endpoint.
-type puller struct {
-	endpoint string
-	mu       sync.Mutex
-	ids      map[string]bool
-	changed  chan struct{}
-}
-
-// add adds id unless the puller carries MaxPollConnections already, and
-// reports whether it carries id now.
-func (p *puller) add(id string) bool {
+// retire removes a puller that carries no connection any more, and
+// reports whether it did: ensure may have given it one meanwhile.
+func (r *runner) retire(key string, p *puller) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.ids[id] {
-		return true
-	}
-	if len(p.ids) >= MaxPollConnections {
+	if len(p.ids) > 0 {
 		return false
 	}
-	p.ids[id] = true
+	group := slices.DeleteFunc(r.pullers[key], func(q *puller) bool { return q == p })
+	if len(group) == 0 {
+		delete(r.pullers, key)
+	} else {
+		r.pullers[key] = group
+	}
+	return true
+}
+
+// peerPaused tells the puller carrying connection id that the peer said
+// its side is paused.
+func (r *runner) peerPaused(id string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, group := range r.pullers {
+		for _, p := range group {
+			if p.has(id) {
+				p.peerPaused(id, true)
+				return
+			}
+		}
+	}
+}
+
+// tracked counts the connections the runner keeps state for.
+func (r *runner) tracked() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	count := len(r.pushers)
+	for _, group := range r.pullers {
+		for _, p := range group {
+			p.mu.Lock()
+			count += len(p.ids)
+			p.mu.Unlock()
+		}
+	}
+	return count
+}
+
+// puller is the single long-poll of a private side to one public endpoint,
+// for the connections whose peer has one key.
+type puller struct {
+	endpoint string
+	keyID    string // the peer's key: it signs every answer
+	changed  chan struct{}
+
+	mu sync.Mutex
+	// ids are the connections the puller carries; each maps to whether the
+	// peer last answered that its side is paused.
+	ids map[string]bool
+	// polling are the connections the poll in flight carries, or the last
+	// poll did; nil while the next one is being prepared.
+	polling map[string]bool
+	// gen counts changes that the poll being prepared or in flight does
+	// not reflect; cancel ends the poll in flight.
+	gen    int
+	cancel context.CancelFunc
+}
+
+func newPuller(endpoint, keyID string) *puller {
+	return &puller{endpoint: endpoint, keyID: keyID, ids: map[string]bool{}, changed: make(chan struct{}, 1)}
+}
+
+// carry makes the puller carry id, unless it carries MaxPollConnections
+// already, and reports whether it carries id now. When id's being active
+// does not match what the poll in flight carries, or a poll is being
+// prepared (it may have read id's status before it changed), that poll is
+// restarted: a connection added or activated is served at once, not when
+// the peer ends a held poll.
+func (p *puller) carry(id string, active bool) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if _, ok := p.ids[id]; !ok {
+		if len(p.ids) >= MaxPollConnections {
+			return false
+		}
+		p.ids[id] = false
+	}
+	if p.polling == nil || active != p.polling[id] {
+		p.restart()
+	}
+	return true
+}
+
+// restart makes the poll being prepared or in flight start again. p.mu is
+// held.
+func (p *puller) restart() {
+	p.gen++
+	if p.cancel != nil {
+		p.cancel()
+	}
 	select {
 	case p.changed <- struct{}{}:
 	default:
 	}
-	return true
 }
 
 func (p *puller) has(id string) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return p.ids[id]
+	_, ok := p.ids[id]
+	return ok
 }
 
-func (p *puller) snapshot() []string {
+// prepare starts preparing a poll: it returns the connections the puller
+// carries, with whether the peer last said each was paused, and the
+// generation that begin checks.
+func (p *puller) prepare() (map[string]bool, int) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	out := make([]string, 0, len(p.ids))
-	for id := range p.ids {
-		out = append(out, id)
+	p.polling = nil
+	return maps.Clone(p.ids), p.gen
+}
+
+// begin records the poll about to be sent, and reports false when
+// something changed since prepare: then the poll is prepared again.
+func (p *puller) begin(gen int, polling map[string]bool, cancel context.CancelFunc) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if gen != p.gen {
+		return false
 	}
-	return out
+	p.polling, p.cancel = polling, cancel
+	return true
+}
+
+// end records that the poll in flight ended.
+func (p *puller) end() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.cancel = nil
+}
+
+// peerPaused records whether the peer said its side of id is paused, and
+// reports whether that changed. A poll in flight that carries id is
+// restarted when the peer said paused in another answer (a refused push):
+// the poll then says so, and is answered as soon as the peer resumes.
+func (p *puller) peerPaused(id string, paused bool) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	was, ok := p.ids[id]
+	if !ok || was == paused {
+		return false
+	}
+	p.ids[id] = paused
+	if paused {
+		p.gen++ // a poll being prepared read the old value
+		if p.cancel != nil && p.polling[id] {
+			p.cancel()
+		}
+	}
+	return true
 }
 
 func (p *puller) remove(id string) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	delete(p.ids, id)
+	delete(p.polling, id)
 }
 
 // sleep waits d, or until wake is closed or ctx ends; it reports whether ctx

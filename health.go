@@ -57,6 +57,7 @@ func (n *Node) healthFail(ctx context.Context, id string, cause error, count boo
 	if e := new(Error); errors.As(cause, &e) {
 		msg = string(e.Code) + ": " + e.Message
 	}
+	msg = sanitize(msg) // bounded, and nothing invisible, whatever the cause
 	_, err := n.editHealth(ctx, id, func(h *Health) {
 		if count {
 			h.Failures++

@@ -2,6 +2,7 @@ package tether
 
 import (
 	"context"
+	"errors"
 	"sync"
 )
 
@@ -47,6 +48,11 @@ func (n *Node) deliver(ctx context.Context, id string, msgs []Message) (int64, e
 			}
 		}
 		switch {
+		case failed != nil && err != nil && !errors.Is(err, failed):
+			// The Store failed while undoing or recording the Receiver's
+			// work (its transaction broke): a storage failure, not the
+			// Receiver's, and the sender retries.
+			return cursor, &Error{Code: CodeUnavailable, Op: "tether: store delivery", Message: "the store failed during the delivery", Err: err}
 		case failed != nil:
 			return cursor, failed
 		case ErrorCode(err) == CodeConflict && attempt < 3:

@@ -211,12 +211,7 @@ func TestRevokeAfterAcceptanceConverges(t *testing.T) {
 	for _, lost := range []bool{false, true} {
 		t.Run(map[bool]string{false: "told", true: "news lost"}[lost], func(t *testing.T) {
 			w := newWorld(t)
-			alpha, beta := w.node("alpha", ""), w.node("beta", betaURL)
-			ac, code := alpha.initiate(t, invite(betaURL))
-			bc, err := beta.Accept(context.Background(), code, tether.AcceptOptions{})
-			if err != nil {
-				t.Fatal(err)
-			}
+			alpha, beta, ac, bc := acceptedFromPrivate(t, w)
 			if lost {
 				w.net.Partition("alpha", betaURL)
 			}
@@ -241,12 +236,7 @@ func TestLateInitiatorConverges(t *testing.T) {
 	for _, late := range []time.Duration{tether.DefaultInvitationTTL + time.Minute, tether.DefaultInvitationTTL + tether.ClockSkew + time.Minute} {
 		t.Run(late.String(), func(t *testing.T) {
 			w := newWorld(t)
-			alpha, beta := w.node("alpha", ""), w.node("beta", betaURL)
-			ac, code := alpha.initiate(t, invite(betaURL))
-			bc, err := beta.Accept(context.Background(), code, tether.AcceptOptions{})
-			if err != nil {
-				t.Fatal(err)
-			}
+			alpha, beta, ac, bc := acceptedFromPrivate(t, w)
 			w.clock.Advance(late)
 			_ = beta.Sync(context.Background())
 			_ = alpha.Sync(context.Background())
@@ -381,15 +371,23 @@ func TestLostAcceptAnswerConverges(t *testing.T) {
 // sides, before its expiry.
 func TestDestinationDeletesPendingAcceptance(t *testing.T) {
 	w := newWorld(t)
-	alpha, beta := w.node("alpha", ""), w.node("beta", betaURL)
-	ac, code := alpha.initiate(t, invite(betaURL))
-	bc, err := beta.Accept(context.Background(), code, tether.AcceptOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	alpha, beta, ac, bc := acceptedFromPrivate(t, w)
 	if _, err := beta.Delete(context.Background(), bc.ID); err != nil {
 		t.Fatal(err)
 	}
 	_ = alpha.Sync(context.Background())
 	checkBothDeleted(t, alpha, ac.ID, beta, bc.ID)
+}
+
+// acceptedFromPrivate has a private initiator's invitation accepted by a
+// public destination, which then waits for the initiator.
+func acceptedFromPrivate(t *testing.T, w *world) (alpha, beta *peer, ac, bc *tether.Connection) {
+	t.Helper()
+	alpha, beta = w.node("alpha", ""), w.node("beta", betaURL)
+	ac, code := alpha.initiate(t, invite(betaURL))
+	bc, err := beta.Accept(context.Background(), code, tether.AcceptOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return alpha, beta, ac, bc
 }

@@ -205,7 +205,7 @@ func (n *Node) Accept(ctx context.Context, code string, opts AcceptOptions) (*Co
 		// The initiator refused without a signature: nothing is stored, so
 		// nothing changes; say what it claimed.
 		return nil, &Error{Code: refusedUnsigned(err), Op: op, Message: "the initiator refused the acceptance (its answer was not signed)", Err: err}
-	case transient(err):
+	case transient(err) || stored && !final(err):
 		if !stored {
 			if serr := n.storeAcceptance(ctx, op, inv, c, "accepted the invitation; the initiator's answer did not arrive: asking it again"); serr != nil {
 				return nil, serr
@@ -252,6 +252,10 @@ func transient(err error) bool {
 	}
 	return false
 }
+
+// final reports whether a refusal ends an acceptance this side keeps:
+// not a transient failure, and not the clocks, which can be set right.
+func final(err error) bool { return !transient(err) && ErrorCode(err) != CodeClockSkew }
 
 // acceptance returns this side's connection for inv: the one stored by an
 // earlier attempt that is still waiting (stored true), or a new one.
@@ -564,7 +568,7 @@ func (n *Node) syncAcceptance(ctx context.Context, c *Connection) error {
 	case err == nil:
 		_, err = n.confirmAcceptance(ctx, op, c, true, "", reply)
 		return n.fail(ctx, op, err)
-	case !transient(err):
+	case final(err):
 		n.abandonAcceptance(ctx, c.ID, "the initiator refused the acceptance: "+string(ErrorCode(err)))
 		return nil
 	}
@@ -734,13 +738,21 @@ func (n *Node) handleAccept(ctx context.Context, req *Request) (*Response, error
 	refuse := func(err error) (*Response, error) {
 		return n.refusal(op, &authenticated{conn: signer, claims: claims}, err)
 	}
-	if late {
-		return refuse(&Error{Code: CodeClockSkew, Op: op, Message: "the acceptor's clock and the initiator's differ by more than " + ClockSkew.String() + ": check the clocks of both instances"})
-	}
 	if err != nil {
 		return refuse(err)
 	}
-	if !n.fresh(ctx, claims, now) {
+	if late {
+		// Authentic but dated outside ClockSkew: it changes nothing. An
+		// acceptor that keeps its acceptance waits for the clocks to be
+		// set right, unless the invitation is closed for good.
+		if c, err := n.store.GetConnection(ctx, inv.Connection); err == nil && c.Status == StatusDeleted {
+			return refuse(&Error{Code: CodeRevoked, Op: op, Message: "invitation was revoked or has expired"})
+		}
+		return refuse(&Error{Code: CodeClockSkew, Op: op, Message: "the acceptor's clock and the initiator's differ by more than " + ClockSkew.String() + ": check the clocks of both instances"})
+	}
+	// Counted against the invitation, not the instance the request claims
+	// to be: only a holder of this invitation can use up its quota.
+	if !n.fresh(ctx, "invitation:"+inv.ID, claims.ID, now) {
 		return nil, refused(op)
 	}
 	for _, err := range []error{
@@ -835,6 +847,9 @@ func (n *Node) checkDestination(ctx context.Context, inv *Invitation, peer *veri
 		endpoint: inv.Destination, op: OpStatus, sub: peer.Connection, key: key,
 		answeredBy: pinnedKey(op, peer.key),
 	})
+	if transient(err) {
+		return &Error{Code: CodeUnavailable, Op: op, Message: "the destination could not be asked whether it accepted the invitation: retry later"}
+	}
 	if err != nil {
 		return &Error{Code: CodeUnauthenticated, Op: op, Message: "the destination did not confirm it accepted the invitation (" + string(ErrorCode(err)) + ")"}
 	}

@@ -63,6 +63,7 @@ func (n *Node) Pause(ctx context.Context, id string) (*Connection, error) {
 	c, err := n.act(ctx, "tether: pause", id, ActionPause, "paused")
 	if err == nil {
 		n.signal(id)
+		n.notifyChanged() // a held poll stops carrying it
 	}
 	return c, err
 }
@@ -100,6 +101,11 @@ func (n *Node) RevokeInvitation(ctx context.Context, id string) (*Connection, er
 	c, err := n.edit(ctx, op, id, func(c *Connection) (*Event, error) {
 		if c.Role != RoleInitiator {
 			return nil, &Error{Code: CodeInvalidTransition, Op: op, Message: "only the initiator can revoke an invitation"}
+		}
+		if c.Status == StatusPending && c.RemoteInstance != "" {
+			// The acceptance is recorded and the acceptor may already be
+			// Active: the invitation is used, the connection exists.
+			return nil, &Error{Code: CodeInvalidTransition, Op: op, Message: "the invitation was accepted and is being confirmed: delete the connection instead"}
 		}
 		return n.step(ctx, op, c, ActionRevoke, "invitation revoked")
 	})

@@ -155,7 +155,7 @@ func (n *Node) authenticate(ctx context.Context, op string, req *Request) (*auth
 	if ctx.Err() != nil {
 		return nil, contextError(op, ctx.Err())
 	}
-	if err != nil || claims.Issuer != c.RemoteInstance || !n.fresh(ctx, claims, now) {
+	if err != nil || claims.Issuer != c.RemoteInstance || !n.fresh(ctx, claims.Issuer, claims.ID, now) {
 		return nil, refused(op)
 	}
 	if c.Status == StatusPending && c.Role == RoleAcceptor && (req.Op == OpPush || req.Op == OpPoll) {
@@ -261,17 +261,20 @@ func (n *Node) signAnswer(op string, c *Connection, claims *wire.Claims, v any, 
 }
 
 // fresh reports whether a request's nonce is seen for the first time: in
-// this process, and, when the Store is shared with other processes, in
-// all of them. A Store failure counts as not fresh: the caller retries.
-func (n *Node) fresh(ctx context.Context, c *wire.Claims, now time.Time) bool {
-	if !n.replays.Fresh(c.Issuer, c.ID, now, now.Add(nonceTTL)) {
+// this process, and, when the Store records nonces (NonceStore: stores
+// that processes or Nodes share), in all of them. peer is whom the nonce
+// is counted against: an authenticated peer's instance, or, for an accept
+// request, the invitation it presents. A Store failure counts as not
+// fresh: the caller retries.
+func (n *Node) fresh(ctx context.Context, peer, nonce string, now time.Time) bool {
+	if !n.replays.Fresh(peer, nonce, now, now.Add(nonceTTL)) {
 		return false
 	}
 	ns, ok := n.store.(NonceStore)
-	if !ok || !n.shared {
+	if !ok {
 		return true
 	}
-	ok, err := ns.RememberNonce(ctx, c.Issuer+"/"+c.ID, now, now.Add(nonceTTL))
+	ok, err := ns.RememberNonce(ctx, peer+"/"+nonce, now, now.Add(nonceTTL))
 	if err != nil {
 		n.log.WarnContext(ctx, "tether: record request nonce", "err", err)
 	}

@@ -171,6 +171,12 @@ func (n *Node) pollOnce(ctx context.Context, p *puller) error {
 			n.healthOK(ctx, c.ID)
 			continue
 		}
+		// The poll may have been held since this side paused (or deleted)
+		// the connection: deliver only to one still Active. The messages
+		// stay at the peer, unacknowledged.
+		if now, err := n.store.GetConnection(ctx, c.ID); err != nil || now.Status != StatusActive {
+			continue
+		}
 		msgs := make([]Message, len(b.Messages))
 		for i, m := range b.Messages {
 			msgs[i] = Message{ConnectionID: c.ID, Seq: m.Seq, Payload: m.Payload}
@@ -270,7 +276,7 @@ func (n *Node) handlePoll(ctx context.Context, req *Request) (*Response, error) 
 				read = body.Connections
 				continue
 			case <-ctx.Done():
-				return nil, &Error{Code: CodeUnavailable, Op: op, Message: "poll abandoned", Err: ctx.Err()}
+				return nil, contextError(op, ctx.Err())
 			case <-deadline:
 			}
 		}
@@ -334,6 +340,16 @@ func (n *Node) pollBatches(ctx context.Context, polled []pollCursor) (pollReply,
 			msgs, err := n.store.ListOutbox(ctx, pc.ID, pc.Cursor, n.batch-count)
 			if err != nil {
 				return reply, err
+			}
+			if len(msgs) > 0 {
+				// A Pause that returned while the outbox was read stops
+				// these messages too.
+				if again, err := n.store.GetConnection(ctx, pc.ID); err != nil || again.Status != StatusActive {
+					b.Status, msgs = pollPaused, nil
+					if err == nil && again.Status == StatusDeleted {
+						b.Status = pollGone
+					}
+				}
 			}
 			for _, m := range msgs {
 				if count > 0 && size+len(m.Payload) > batchBytes {

@@ -29,6 +29,9 @@ type Store struct {
 	inbox    map[string]int64 // inbox cursors
 	leases   map[string]lease
 	clock    tether.Clock
+
+	nonces     map[string]time.Time // request nonces -> when they may be forgotten
+	nonceSweep time.Time            // next time nonces is swept
 }
 
 type lease struct {
@@ -405,4 +408,34 @@ func (s *Store) Release(ctx context.Context, name, holder string) error {
 		delete(s.leases, name)
 	}
 	return nil
+}
+
+var _ tether.NonceStore = (*Store)(nil)
+
+// RememberNonce implements tether.NonceStore, so that Nodes sharing one
+// Store refuse a request replayed to another of them. It holds each nonce
+// until its until has passed: its memory is bounded by the requests
+// accepted within a nonce's lifetime.
+func (s *Store) RememberNonce(ctx context.Context, key string, now, until time.Time) (bool, error) {
+	if err := ctx.Err(); err != nil {
+		return false, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.nonces == nil {
+		s.nonces = make(map[string]time.Time)
+	}
+	if now.After(s.nonceSweep) {
+		for k, t := range s.nonces {
+			if now.After(t) {
+				delete(s.nonces, k)
+			}
+		}
+		s.nonceSweep = now.Add(time.Minute)
+	}
+	if t, ok := s.nonces[key]; ok && !now.After(t) {
+		return false, nil
+	}
+	s.nonces[key] = until
+	return true, nil
 }

@@ -27,14 +27,15 @@ func SignResponse(priv ed25519.PrivateKey, instance string, op Op, reqAuth strin
 }
 
 // SignRequest signs a request from node n as n would, for any connection
-// and body the test chooses.
+// and body the test chooses; its token carries n's key, as an acceptor's
+// does.
 func SignRequest(n *Node, endpoint string, op Op, sub string, body []byte) *Request {
 	ks := n.keys.Load()
 	nonce, err := randomToken(n.rand)
 	if err != nil {
 		panic(err)
 	}
-	auth, err := wire.SignToken(wireKey(ks.current), wire.Token{Instance: ks.instance, Audience: endpoint, Op: string(op), Subject: sub, Body: body, Now: n.clock.Now(), Nonce: nonce})
+	auth, err := wire.SignToken(wireKey(ks.current), wire.Token{Instance: ks.instance, Audience: endpoint, Op: string(op), Subject: sub, Body: body, Now: n.clock.Now(), Nonce: nonce, Key: base64.RawURLEncoding.EncodeToString(ks.public)})
 	if err != nil {
 		panic(err)
 	}

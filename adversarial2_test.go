@@ -12,7 +12,6 @@ import (
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
-	"crypto/sha256"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -33,18 +32,6 @@ import (
 
 // ---------------------------------------------------------------------------
 // Helpers
-
-// adv2Proof is the documented proof of holding an invitation code:
-// base64url SHA-256 over "tether accept proof\x00", the jti, a zero byte
-// and the acceptor's key.
-func adv2Proof(jti string, key ed25519.PublicKey) string {
-	h := sha256.New()
-	h.Write([]byte("tether accept proof\x00"))
-	h.Write([]byte(jti))
-	h.Write([]byte{0})
-	h.Write(key)
-	return base64.RawURLEncoding.EncodeToString(h.Sum(nil))
-}
 
 func adv2Pub(t testing.TB, p *peer) ed25519.PublicKey {
 	t.Helper()
@@ -88,7 +75,7 @@ func adv2ProofRequest(t testing.TB, w *world, p *peer, inv *tether.Invitation, e
 	t.Helper()
 	pub := adv2Pub(t, p)
 	return adv2SignAccept(t, p.privateKey(t), p.ID(), alphaURL, inv.Connection,
-		adv2ProofBody(p.ID(), pub, adv2Proof(inv.ID, pub), inv, endpoint), w.clock.Now())
+		adv2ProofBody(p.ID(), pub, tether.AcceptProof(inv.ID, pub), inv, endpoint), w.clock.Now())
 }
 
 // adv2Snap is what must not change on a connection an attacker targets.
@@ -272,15 +259,15 @@ func TestAdv2ProofForAnotherKey(t *testing.T) {
 				req  *tether.Request
 			}{
 				{"beta signs, proof for eve's key", adv2SignAccept(t, beta.privateKey(t), beta.ID(), alphaURL, inv.Connection,
-					adv2ProofBody(beta.ID(), bpub, adv2Proof(inv.ID, epub), inv, ""), w.clock.Now())},
+					adv2ProofBody(beta.ID(), bpub, tether.AcceptProof(inv.ID, epub), inv, ""), w.clock.Now())},
 				{"eve signs, eve's key, beta's proof", adv2SignAccept(t, eve.privateKey(t), eve.ID(), alphaURL, inv.Connection,
-					adv2ProofBody(eve.ID(), epub, adv2Proof(inv.ID, bpub), inv, ""), w.clock.Now())},
+					adv2ProofBody(eve.ID(), epub, tether.AcceptProof(inv.ID, bpub), inv, ""), w.clock.Now())},
 				{"eve signs, claims beta's instance, beta's proof", adv2SignAccept(t, eve.privateKey(t), beta.ID(), alphaURL, inv.Connection,
-					adv2ProofBody(beta.ID(), epub, adv2Proof(inv.ID, bpub), inv, ""), w.clock.Now())},
+					adv2ProofBody(beta.ID(), epub, tether.AcceptProof(inv.ID, bpub), inv, ""), w.clock.Now())},
 				{"eve signs, body names beta's key", adv2SignAccept(t, eve.privateKey(t), beta.ID(), alphaURL, inv.Connection,
-					adv2ProofBody(beta.ID(), bpub, adv2Proof(inv.ID, bpub), inv, ""), w.clock.Now())},
+					adv2ProofBody(beta.ID(), bpub, tether.AcceptProof(inv.ID, bpub), inv, ""), w.clock.Now())},
 				{"proof over another jti", adv2SignAccept(t, eve.privateKey(t), eve.ID(), alphaURL, inv.Connection,
-					adv2ProofBody(eve.ID(), epub, adv2Proof(inv.ID+"x", epub), inv, ""), w.clock.Now())},
+					adv2ProofBody(eve.ID(), epub, tether.AcceptProof(inv.ID+"x", epub), inv, ""), w.clock.Now())},
 				{"empty proof and no code", adv2SignAccept(t, eve.privateKey(t), eve.ID(), alphaURL, inv.Connection,
 					adv2ProofBody(eve.ID(), epub, "", inv, ""), w.clock.Now())},
 			} {
@@ -493,8 +480,8 @@ func TestAdv2ForgedProofReads(t *testing.T) {
 		max  int64
 	}{
 		{"bad signature", badSignature(adv2ProofRequest(t, w, eve, inv, "")), 0},
-		{"wrong proof", adv2SignAccept(t, eve.privateKey(t), eve.ID(), alphaURL, inv.Connection, adv2ProofBody(eve.ID(), epub, adv2Proof("x", epub), inv, ""), w.clock.Now()), 1},
-		{"unknown connection", adv2SignAccept(t, eve.privateKey(t), eve.ID(), alphaURL, "conn_00000000000000000000000000", adv2ProofBody(eve.ID(), epub, adv2Proof(inv.ID, epub), inv, ""), w.clock.Now()), 1},
+		{"wrong proof", adv2SignAccept(t, eve.privateKey(t), eve.ID(), alphaURL, inv.Connection, adv2ProofBody(eve.ID(), epub, tether.AcceptProof("x", epub), inv, ""), w.clock.Now()), 1},
+		{"unknown connection", adv2SignAccept(t, eve.privateKey(t), eve.ID(), alphaURL, "conn_00000000000000000000000000", adv2ProofBody(eve.ID(), epub, tether.AcceptProof(inv.ID, epub), inv, ""), w.clock.Now()), 1},
 	} {
 		cs.reads.Store(0)
 		resp, err := alpha.Handle(ctx, c.req)
@@ -1296,7 +1283,7 @@ func adv2Flood(t *testing.T, w *world, alpha, eve *peer, inv *tether.Invitation,
 	t.Helper()
 	ctx := context.Background()
 	epriv, epub := eve.privateKey(t), adv2Pub(t, eve)
-	proof := adv2Proof(inv.ID, epub)
+	proof := tether.AcceptProof(inv.ID, epub)
 	body := func(instance string) []byte {
 		b, _ := json.Marshal(map[string]string{
 			"proof": proof, "instance": instance, "key": base64.RawURLEncoding.EncodeToString(epub),
@@ -1335,7 +1322,7 @@ func adv2Flood(t *testing.T, w *world, alpha, eve *peer, inv *tether.Invitation,
 // race detector on 2 CPUs; skipped with -short).
 func TestAdv2AcceptFloodUnderAPeersInstanceID(t *testing.T) {
 	if testing.Short() {
-		t.Skip("floods 65,536 requests")
+		t.Skip("skipped with -short: floods 65,536 requests (.ci/run runs it, without -short)")
 	}
 	ctx := context.Background()
 	w := newWorld(t)
@@ -1361,7 +1348,7 @@ func TestAdv2AcceptFloodUnderAPeersInstanceID(t *testing.T) {
 // refused.
 func TestAdv2AcceptFloodOfMadeUpPeers(t *testing.T) {
 	if testing.Short() {
-		t.Skip("floods 16,384 requests")
+		t.Skip("skipped with -short: floods 16,384 requests (.ci/run runs it, without -short)")
 	}
 	ctx := context.Background()
 	w := newWorld(t)
@@ -1461,27 +1448,21 @@ func TestAdv2LastErrorBounded(t *testing.T) {
 			advSend(t, alpha, aid, "x", 1)
 			check(t, "push", alpha, aid)
 		})
-		t.Run("transport fails/push/"+ne.name, func(t *testing.T) {
-			w := newWorld(t)
-			ft := &adv2FailTransport{}
-			alpha := w.node("alpha", alphaURL, realClock, func(c *tether.Config) { ft.Transport = c.Transport; c.Transport = ft })
-			beta := w.node("beta", betaURL, realClock, withReceiver(newInbox()))
-			aid, _ := connect(t, alpha, beta, betaURL)
-			ft.err.Store(ne.err)
-			running(t, alpha)
-			advSend(t, alpha, aid, "x", 1)
-			check(t, "push", alpha, aid)
-		})
-		t.Run("transport fails/poll/"+ne.name, func(t *testing.T) {
-			w := newWorld(t)
-			ft := &adv2FailTransport{}
-			alpha := w.node("alpha", "", realClock, func(c *tether.Config) { ft.Transport = c.Transport; c.Transport = ft })
-			beta := w.node("beta", betaURL, realClock)
-			aid, _ := connect(t, alpha, beta, betaURL)
-			ft.err.Store(ne.err)
-			running(t, alpha)
-			check(t, "poll", alpha, aid)
-		})
+		for _, tc := range []struct{ path, alphaEndpoint string }{{"push", alphaURL}, {"poll", ""}} {
+			t.Run("transport fails/"+tc.path+"/"+ne.name, func(t *testing.T) {
+				w := newWorld(t)
+				ft := &adv2FailTransport{}
+				alpha := w.node("alpha", tc.alphaEndpoint, realClock, func(c *tether.Config) { ft.Transport = c.Transport; c.Transport = ft })
+				beta := w.node("beta", betaURL, realClock, withReceiver(newInbox()))
+				aid, _ := connect(t, alpha, beta, betaURL)
+				ft.err.Store(ne.err)
+				running(t, alpha)
+				if tc.path == "push" {
+					advSend(t, alpha, aid, "x", 1)
+				}
+				check(t, tc.path, alpha, aid)
+			})
+		}
 		t.Run("transport fails/handshake/"+ne.name, func(t *testing.T) {
 			w := newWorld(t)
 			ft := &adv2FailTransport{}

@@ -10,6 +10,10 @@ type Clock interface {
 	After(d time.Duration) <-chan time.Time
 }
 
+// SystemClock returns the machine's clock: the default of a Node and of
+// the adapters' Clock options.
+func SystemClock() Clock { return systemClock{} }
+
 type systemClock struct{}
 
 func (systemClock) Now() time.Time                         { return time.Now() }

@@ -1,7 +1,6 @@
 package tether_test
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"go/ast"
@@ -12,7 +11,6 @@ import (
 	"strconv"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/google/go-cmp/cmp"
 
@@ -206,37 +204,6 @@ func TestErrorHTTPStatus(t *testing.T) {
 	for c, status := range want {
 		if got := tether.HTTPStatus(c); got != status {
 			t.Errorf("HTTPStatus(%q) = %d, want %d", c, got, status)
-		}
-	}
-}
-
-// The end of the caller's context is reported with its own code, its
-// sentinel and the context's error.
-func TestErrorContext(t *testing.T) {
-	w := newWorld(t)
-	alpha := w.node("alpha", "")
-	canceled, cancel := context.WithCancel(context.Background())
-	cancel()
-	expired, cancel := context.WithDeadline(context.Background(), time.Unix(0, 0))
-	defer cancel()
-	for _, tc := range []struct {
-		ctx      context.Context
-		code     tether.Code
-		sentinel error
-		cause    error
-	}{
-		{canceled, tether.CodeCanceled, tether.ErrCanceled, context.Canceled},
-		{expired, tether.CodeDeadlineExceeded, tether.ErrDeadlineExceeded, context.DeadlineExceeded},
-	} {
-		err := fmt.Errorf("host: %w", alpha.RotateKey(tc.ctx, 0))
-		if got := tether.ErrorCode(err); got != tc.code {
-			t.Errorf("RotateKey: %v (code %q), want code %q", err, got, tc.code)
-		}
-		if !errors.Is(err, tc.sentinel) || !errors.Is(err, tc.cause) {
-			t.Errorf("RotateKey: errors.Is(%v, %v) = %v, errors.Is(%v, %v) = %v, want both", err, tc.sentinel, errors.Is(err, tc.sentinel), err, tc.cause, errors.Is(err, tc.cause))
-		}
-		if tether.HTTPStatus(tether.ErrorCode(err)) < 500 {
-			t.Errorf("%q maps to a client error status", tc.code)
 		}
 	}
 }

@@ -55,3 +55,7 @@ func RunTracked(ctx context.Context, n *Node) (run func() error, tracked func() 
 	r := newRunner(n)
 	return func() error { return n.run(ctx, r) }, func() int { return n.trackedConnections() + r.tracked() }
 }
+
+// AcceptProof is the proof an acceptor gives that it holds the code of the
+// invitation jti.
+func AcceptProof(jti string, key ed25519.PublicKey) string { return acceptProof(jti, key) }

@@ -198,7 +198,7 @@ func (n *Node) Accept(ctx context.Context, code string, opts AcceptOptions) (*Co
 	reply, err := n.presentInvitation(ctx, op, code, c)
 	switch {
 	case err == nil:
-		return n.confirmAcceptance(ctx, op, c, stored, inv.Issuer+"/"+inv.ID, reply)
+		return n.confirmAcceptance(ctx, op, c, stored, reply)
 	case !stored && refusedUnsigned(err) == CodeKeyMismatch:
 		return nil, &Error{Code: CodeKeyMismatch, Op: op, Message: "the initiator answered with a key other than the one its invitation pinned: acceptance aborted"}
 	case !stored && refusedUnsigned(err) != "":
@@ -297,8 +297,13 @@ func (n *Node) acceptance(ctx context.Context, op string, inv *Invitation, opts 
 // storeAcceptance records a new Pending acceptance, consuming the
 // invitation on this side.
 func (n *Node) storeAcceptance(ctx context.Context, op string, inv *Invitation, c *Connection, detail string) error {
-	evs := []Event{n.event(ctx, EventCreated, "created from the invitation of "+inv.InitiatorName+"; "+detail)}
-	err := n.store.ConsumeInvitation(ctx, inv.Issuer+"/"+inv.ID, acceptanceDeadline(c), c, evs...)
+	return n.consumeAcceptance(ctx, op, c, n.event(ctx, EventCreated, "created from the invitation of "+inv.InitiatorName+"; "+detail))
+}
+
+// consumeAcceptance creates this side's connection for an invitation with
+// its events, recording the invitation (issuer and ID) as used here.
+func (n *Node) consumeAcceptance(ctx context.Context, op string, c *Connection, evs ...Event) error {
+	err := n.store.ConsumeInvitation(ctx, c.RemoteInstance+"/"+c.Invitation, acceptanceDeadline(c), c, evs...)
 	if ErrorCode(err) == CodeAlreadyExists || ErrorCode(err) == CodeAlreadyUsed {
 		return &Error{Code: CodeAlreadyUsed, Op: op, Message: "invitation was already accepted on this instance"}
 	}
@@ -311,7 +316,7 @@ func (n *Node) storeAcceptance(ctx context.Context, op string, inv *Invitation, 
 
 // confirmAcceptance records the public initiator's signed answer and makes
 // this side Active.
-func (n *Node) confirmAcceptance(ctx context.Context, op string, c *Connection, stored bool, used string, reply *verifiedReply) (*Connection, error) {
+func (n *Node) confirmAcceptance(ctx context.Context, op string, c *Connection, stored bool, reply *verifiedReply) (*Connection, error) {
 	now := n.clock.Now()
 	apply := func(c *Connection) {
 		c.Status = StatusActive
@@ -325,14 +330,9 @@ func (n *Node) confirmAcceptance(ctx context.Context, op string, c *Connection, 
 			n.event(ctx, EventCreated, "created from the invitation of "+c.RemoteName),
 			n.event(ctx, EventAccepted, "accepted the invitation; the initiator confirmed"),
 		}
-		err := n.store.ConsumeInvitation(ctx, used, acceptanceDeadline(c), c, evs...)
-		if ErrorCode(err) == CodeAlreadyExists || ErrorCode(err) == CodeAlreadyUsed {
-			return nil, &Error{Code: CodeAlreadyUsed, Op: op, Message: "invitation was already accepted on this instance"}
+		if err := n.consumeAcceptance(ctx, op, c, evs...); err != nil {
+			return nil, err
 		}
-		if err != nil {
-			return nil, n.fail(ctx, op, err)
-		}
-		n.emit(c.ID, evs...)
 		n.notifyChanged()
 		return c, nil
 	}
@@ -566,7 +566,7 @@ func (n *Node) syncAcceptance(ctx context.Context, c *Connection) error {
 	reply, err := n.presentInvitation(ctx, op, "", c)
 	switch {
 	case err == nil:
-		_, err = n.confirmAcceptance(ctx, op, c, true, "", reply)
+		_, err = n.confirmAcceptance(ctx, op, c, true, reply)
 		return n.fail(ctx, op, err)
 	case final(err):
 		n.abandonAcceptance(ctx, c.ID, "the initiator refused the acceptance: "+string(ErrorCode(err)))

@@ -41,7 +41,8 @@ func TestErrorsNameTheHostOperation(t *testing.T) {
 }
 
 // A canceled or expired context is reported as such, never as internal,
-// and errors.Is finds the context's error.
+// wrapped or not: errors.Is finds its sentinel and the context's error, and
+// it maps to a server-side HTTP status.
 func TestContextErrors(t *testing.T) {
 	w := newWorld(t)
 	alpha, beta := w.node("alpha", alphaURL), w.node("beta", "")
@@ -53,12 +54,13 @@ func TestContextErrors(t *testing.T) {
 	expired, cancel2 := context.WithDeadline(context.Background(), time.Unix(0, 0))
 	defer cancel2()
 	for _, tc := range []struct {
-		ctx  context.Context
-		code tether.Code
-		is   error
+		ctx      context.Context
+		code     tether.Code
+		is       error
+		sentinel error
 	}{
-		{canceled, tether.CodeCanceled, context.Canceled},
-		{expired, tether.CodeDeadlineExceeded, context.DeadlineExceeded},
+		{canceled, tether.CodeCanceled, context.Canceled, tether.ErrCanceled},
+		{expired, tether.CodeDeadlineExceeded, context.DeadlineExceeded, tether.ErrDeadlineExceeded},
 	} {
 		for name, call := range map[string]func(context.Context) error{
 			"send":  func(ctx context.Context) error { _, err := alpha.Send(ctx, aid, []byte("x")); return err },
@@ -70,8 +72,11 @@ func TestContextErrors(t *testing.T) {
 			},
 		} {
 			err := call(tc.ctx)
-			if tether.ErrorCode(err) != tc.code || !errors.Is(err, tc.is) {
-				t.Errorf("%s with %v: %v (code %q), want %q", name, tc.is, err, tether.ErrorCode(err), tc.code)
+			if tether.ErrorCode(err) != tc.code || !errors.Is(err, tc.is) || !errors.Is(err, tc.sentinel) {
+				t.Errorf("%s with %v: %v (code %q), want %q matching %v and its sentinel", name, tc.is, err, tether.ErrorCode(err), tc.code, tc.is)
+			}
+			if tether.HTTPStatus(tether.ErrorCode(err)) < 500 {
+				t.Errorf("%s: %q maps to a client error status", name, tc.code)
 			}
 			if strings.Contains(err.Error(), "internal") {
 				t.Errorf("%s: %v mentions internal", name, err)

@@ -76,7 +76,7 @@ func NewClient(cfg ClientConfig) *Client {
 		c.maxBody = DefaultMaxBody
 	}
 	if c.clock == nil {
-		c.clock = systemClock{}
+		c.clock = tether.SystemClock()
 	}
 	if c.http == nil {
 		base := cfg.Transport

@@ -33,9 +33,3 @@ func setRetryAfter(h http.Header, d time.Duration) {
 		h.Set("Retry-After", strconv.Itoa(int(math.Ceil(d.Seconds()))))
 	}
 }
-
-// systemClock is the default clock: the time of the machine.
-type systemClock struct{}
-
-func (systemClock) Now() time.Time                         { return time.Now() }
-func (systemClock) After(d time.Duration) <-chan time.Time { return time.After(d) }

@@ -69,19 +69,13 @@ func New(opts ...Option) *Store {
 		outbox: make(map[string]*outbox),
 		inbox:  make(map[string]int64),
 		leases: make(map[string]lease),
-		clock:  systemClock{},
+		clock:  tether.SystemClock(),
 	}
 	for _, o := range opts {
 		o(s)
 	}
 	return s
 }
-
-// systemClock is the default clock: the time of the machine.
-type systemClock struct{}
-
-func (systemClock) Now() time.Time                         { return time.Now() }
-func (systemClock) After(d time.Duration) <-chan time.Time { return time.After(d) }
 
 func cloneInstance(in *tether.Instance) *tether.Instance {
 	out := *in

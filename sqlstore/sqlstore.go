@@ -68,19 +68,13 @@ func New(ctx context.Context, db *sql.DB, dialect Dialect, cfg Config) (*Store, 
 	}
 	s := &Store{db: db, dialect: dialect, sealer: cfg.Sealer, listen: cfg.Listen, q: newQueries(dialect), clock: cfg.Clock}
 	if s.clock == nil {
-		s.clock = systemClock{}
+		s.clock = tether.SystemClock()
 	}
 	if err := s.migrate(ctx); err != nil {
 		return nil, err
 	}
 	return s, nil
 }
-
-// systemClock is the default clock: the time of the machine.
-type systemClock struct{}
-
-func (systemClock) Now() time.Time                         { return time.Now() }
-func (systemClock) After(d time.Duration) <-chan time.Time { return time.After(d) }
 
 // Dialect returns the store's dialect.
 func (s *Store) Dialect() Dialect { return s.dialect }

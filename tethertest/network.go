@@ -58,7 +58,7 @@ func NewNetwork() *Network {
 		served:     make(map[string]int),
 		sent:       make(map[string]int),
 		partitions: make(map[[2]string]bool),
-		clock:      systemClock{},
+		clock:      tether.SystemClock(),
 		closed:     make(chan struct{}),
 	}
 }
@@ -82,16 +82,10 @@ func (n *Network) SetClock(clock tether.Clock) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if clock == nil {
-		clock = systemClock{}
+		clock = tether.SystemClock()
 	}
 	n.clock = clock
 }
-
-// systemClock is the default clock: the time of the machine.
-type systemClock struct{}
-
-func (systemClock) Now() time.Time                         { return time.Now() }
-func (systemClock) After(d time.Duration) <-chan time.Time { return time.After(d) }
 
 // Listen serves endpoint with h until the returned function is called.
 // Listening twice on one endpoint panics: it is a bug in the test.

@@ -450,7 +450,6 @@ func (n *Node) syncPending(ctx context.Context, c *Connection) error {
 	if c.Role == RoleAcceptor {
 		return n.syncAcceptance(ctx, c)
 	}
-	const op = "tether: sync"
 	expired := !n.clock.Now().Before(c.InvitationExpires.Add(ClockSkew))
 	if n.endpoint != "" || c.RemoteURL == "" {
 		// The acceptor calls this side; past the expiry it never will.

@@ -904,11 +904,17 @@ func TestAdv2PollPausedFlagCrafted(t *testing.T) {
 	if r, answered, code := adv2Poll(t, alpha, poll(true), 2*time.Second); !answered || code != "" || len(r.Connections) != 1 || r.Connections[0].Status != "active" {
 		t.Errorf("active idle connection, paused=true: answered %v code %q reply %+v; want an answer at once saying active", answered, code, r)
 	}
-	// Paused, with messages queued.
-	advSend(t, alpha, aid, "q", 3)
-	if _, err := alpha.Pause(ctx, aid); err != nil {
+	// Paused, with messages queued after the pause: the pause notice is
+	// acknowledged first (the cursor after it), so nothing but data sent
+	// while paused is left.
+	pc, err := alpha.Pause(ctx, aid)
+	if err != nil {
 		t.Fatal(err)
 	}
+	entry = func(paused bool) map[string]any {
+		return map[string]any{"id": aid, "cursor": pc.NoticeSeq, "paused": paused}
+	}
+	advSend(t, alpha, aid, "q", 3)
 	for _, paused := range []bool{false, true} {
 		for range 20 { // repeatedly: never a message while paused
 			r, answered, code := adv2Poll(t, alpha, poll(paused), 100*time.Millisecond)
@@ -1066,8 +1072,9 @@ func (s *adv2HookStore) ListOutbox(ctx context.Context, id string, after int64, 
 	return s.Store.ListOutbox(ctx, id, after, limit)
 }
 
-// The public side pauses while a poll answer is being put together: once
-// Pause has returned, no message may leave on the connection.
+// The public side pauses while a poll answer is being put together. A
+// pause takes effect in order: the messages sent before it may still go,
+// followed by its notice, but no message sent after Pause returned leaves.
 func TestAdv2PublicPauseDuringPollAnswer(t *testing.T) {
 	ctx := context.Background()
 	w := newWorld(t)
@@ -1082,6 +1089,9 @@ func TestAdv2PublicPauseDuringPollAnswer(t *testing.T) {
 		if _, err := alpha.Pause(ctx, aid); err == nil {
 			paused.Store(true)
 		}
+		if _, err := alpha.Send(ctx, aid, []byte("late")); err != nil {
+			t.Error(err)
+		}
 	}
 	hs.mu.Unlock()
 	req := tether.SignRequest(beta.Node, alphaURL, tether.OpPoll, aid, adv2PollBody(time.Hour, map[string]any{"id": aid, "cursor": 0}))
@@ -1089,12 +1099,13 @@ func TestAdv2PublicPauseDuringPollAnswer(t *testing.T) {
 	if !paused.Load() {
 		t.Fatal("the hook did not pause the connection")
 	}
-	n := 0
 	for _, c := range r.Connections {
-		n += len(c.Messages)
-	}
-	if n > 0 {
-		t.Errorf("poll answered (answered %v, code %q) with %d messages read after Pause returned: status %s", answered, code, n, alpha.get(t, aid).Status)
+		for _, raw := range c.Messages {
+			var m struct{ Payload []byte }
+			if json.Unmarshal(raw, &m) == nil && string(m.Payload) == "late" {
+				t.Errorf("poll answered (answered %v, code %q) with a message sent after Pause returned: status %s", answered, code, alpha.get(t, aid).Status)
+			}
+		}
 	}
 }
 

@@ -334,13 +334,19 @@ func advWarmUp(t *testing.T, w *world, alpha, beta *peer, ain, bin *inbox, aid, 
 	if _, err := beta.Pause(ctx, bid); err != nil {
 		t.Fatal(err)
 	}
-	advSend(t, alpha, aid, "p", 1)
+	// alpha learns of the pause from its notice and holds its messages,
+	// so the paused refusal is asked for directly: a push signed by alpha.
+	push := tether.SignRequest(alpha.Node, betaURL, tether.OpPush, bid, []byte(`{"messages":[{"seq":999,"payload":"cA=="}]}`))
+	if _, err := sw.Handle(ctx, push); err != nil {
+		t.Fatal(err)
+	}
 	eventually(t, "a signed paused refusal was recorded", func() bool {
 		return sw.find(func(s advSeen) bool { return s.resp.Code == tether.CodePaused }) != nil
 	})
 	if _, err := beta.Activate(ctx, bid); err != nil {
 		t.Fatal(err)
 	}
+	advSend(t, alpha, aid, "p", 1)
 	bin.waitFor(t, 3)
 	ac2, code2 := alpha.initiate(t, invite(betaURL))
 	bc2, err := beta.Accept(ctx, code2, tether.AcceptOptions{})
@@ -360,6 +366,7 @@ func advWarmUp(t *testing.T, w *world, alpha, beta *peer, ain, bin *inbox, aid, 
 	eventually(t, "a signed gone answer was recorded", func() bool { return sw.find(advIsGone) != nil })
 	w.net.Heal()
 	eventually(t, "alpha's outbox drains", func() bool { return advQueued(t, alpha, aid) == 0 })
+	eventually(t, "beta's outbox drains (its pause and activate notices)", func() bool { return advQueued(t, beta, bid) == 0 })
 	stop()
 }
 

@@ -153,8 +153,25 @@ type Connection struct {
 	LocalKeyID string
 
 	RemoteInstance   string            // the peer's instance ID
-	RemoteKey        ed25519.PublicKey // the peer's public key, pinned by the handshake
+	RemoteKey        ed25519.PublicKey // the peer's public key, pinned by the handshake or by its latest key change
 	RemoteConnection string            // the peer's ID for this connection
+
+	// RemotePreviousKey is the peer's key before its latest key change,
+	// still accepted until the peer signs with RemoteKey (it may not have
+	// learnt yet that this side has the new one). Nil otherwise.
+	RemotePreviousKey ed25519.PublicKey
+	// PendingKeyID is this instance's key announced to the peer in a key
+	// change notice not yet acknowledged; LocalKeyID becomes it once the
+	// peer acknowledges the outbox through NoticeSeq. Empty otherwise.
+	PendingKeyID string
+	// NoticeSeq is the outbox sequence number of the latest control
+	// message (Message.Control) written for this connection; the Store
+	// sets it in UpdateAndNotify.
+	NoticeSeq int64
+	// RemoteStatus is what the peer last announced of its own side:
+	// StatusPaused while the partner has paused it (its messages wait and
+	// so do this side's), StatusActive or empty otherwise.
+	RemoteStatus Status
 
 	// Invitation is the ID (jti) of the invitation that created the
 	// connection, InvitationExpires its expiry.
@@ -183,6 +200,7 @@ func (c *Connection) Clone() *Connection {
 	}
 	d := *c
 	d.RemoteKey = slices.Clone(c.RemoteKey)
+	d.RemotePreviousKey = slices.Clone(c.RemotePreviousKey)
 	d.Settings = maps.Clone(c.Settings)
 	return &d
 }
@@ -203,6 +221,12 @@ func (c *Connection) Validate() error {
 	}
 	if !c.Status.valid() {
 		return invalidf(op, "Status", "unknown status %q", c.Status)
+	}
+	if c.RemoteStatus != "" && !c.RemoteStatus.valid() {
+		return invalidf(op, "RemoteStatus", "unknown status %q", c.RemoteStatus)
+	}
+	if c.NoticeSeq < 0 {
+		return invalidf(op, "NoticeSeq", "must not be negative")
 	}
 	if c.Kind == KindPeer {
 		if !c.Mode.valid() {

@@ -122,9 +122,51 @@
 //
 // Paused connections keep their queue on both sides (the peer is answered
 // "paused, retry later") and resume where they stopped; Deleted ones stay
-// readable with their history, and the peer is told and stops. The configuration mode (Basic, Visual, Script) is fixed at
-// creation. Every change appends an Event to the connection's history, in
-// the same atomic step.
+// readable with their history, and the peer is told and stops; their
+// undelivered messages are dropped. The configuration mode (Basic, Visual,
+// Script) is fixed at creation. Every change appends an Event to the
+// connection's history, in the same atomic step.
+//
+// # Lifecycle news
+//
+// Pause, Activate, Delete and key changes reach the peer as control
+// messages: the change and a notice are stored in one atomic step
+// (Store.UpdateAndNotify), and the notice travels in the outbox, in order
+// with the data messages, acknowledged like them. So the news survives
+// lost requests and restarts, the host's call returns once the change is
+// stored, and the peer applies each notice once, where it stands in the
+// stream, with an event whose actor is "remote" ("paused by the
+// partner"). A pause takes effect in order: what was sent before it is
+// still delivered, then its notice; what is sent after it waits. A side
+// whose partner paused (Connection.RemoteStatus) holds its messages until
+// the partner's activate notice arrives, and a paused side takes only the
+// notices that lead its peer's queue (a deletion, a key change), no data.
+// Notices take sequence numbers, so the numbers a Receiver sees increase
+// but may skip.
+//
+// # Keys
+//
+// Node.RotateKey makes a fresh instance key and sends each connection's
+// peer a key change notice, signed (as every request) by the key the peer
+// trusts and carrying the new key's signature as proof. The peer pins the
+// new key and keeps accepting the previous one until this side signs with
+// the new one, which it does once the peer has acknowledged the notice.
+// So messages flow throughout, in every topology. A retired key keeps
+// signing for the connections that still use it, however long their peer
+// is away, and is dropped only once no connection uses it and its overlap
+// for pending invitations has passed. Nodes sharing a Store re-read the
+// keys every second, and at once when a request names a key they lack.
+//
+// # Receivers that write
+//
+// A Receiver may call the Node with the context it was given, Send a
+// reply above all. With a Store that implements AtomicInbox (sqlstore),
+// those calls run in the transaction that marks the message delivered: the
+// reply is stored if and only if the message is, even across crashes, and
+// a single database connection is enough. What those calls would do at
+// once (OnEvent, waking the sender) happens after that transaction
+// commits. Calls that wait on a peer (Accept of a public initiator's
+// code, Sync) fail there with CodeInvalid.
 //
 // # Embedding
 //

@@ -16,6 +16,11 @@ const (
 	EventExpired      EventType = "expired"      // the pending invitation expired
 	EventAuthLost     EventType = "auth_lost"    // credentials stopped working; the connection is inactive
 	EventReauthorized EventType = "reauthorized" // credentials restored
+
+	EventPeerPaused    EventType = "peer_paused"    // the partner paused its side: its messages wait, and so do ours
+	EventPeerActivated EventType = "peer_activated" // the partner resumed its side
+	EventKeyChanged    EventType = "key_changed"    // a signing key of this connection changed (this side's or the partner's)
+	EventKeyRevoked    EventType = "key_revoked"    // the host revoked the partner's key: the connection is inactive
 )
 
 // Event is one entry of a connection's history. Events are appended in the

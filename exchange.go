@@ -40,6 +40,9 @@ func (n *Node) call(ctx context.Context, op string, r request) ([]byte, *wire.Cl
 	if n.transport == nil {
 		return nil, nil, &Error{Code: CodeUnavailable, Op: op, Message: "no transport configured"}
 	}
+	if inDelivery(ctx) {
+		return nil, nil, &Error{Code: CodeInvalid, Op: op, Message: "cannot wait on a peer from inside a Receiver, which holds the store's transaction: do it after Receive returns"}
+	}
 	nonce, err := randomToken(n.rand)
 	if err != nil {
 		return nil, nil, Wrap(CodeInternal, op, err)
@@ -162,10 +165,14 @@ func (n *Node) exchange(ctx context.Context, op string, c *Connection, o Op, bod
 	if err != nil {
 		return err
 	}
+	current := false
 	resp, _, err := n.call(ctx, op, request{
 		endpoint: c.RemoteURL, op: o, sub: c.RemoteConnection, body: body, key: key,
-		answeredBy: pinnedKey(op, c.RemoteKey),
+		answeredBy: peerKeys(op, c, &current),
 	})
+	if err == nil && current && c.RemotePreviousKey != nil && c.ID != "" {
+		n.peerUsesNewKey(ctx, c)
+	}
 	if err != nil || reply == nil {
 		return err
 	}
@@ -174,11 +181,10 @@ func (n *Node) exchange(ctx context.Context, op string, c *Connection, o Op, bod
 
 // signingKey returns the key c's peer has pinned for this side.
 func (n *Node) signingKey(c *Connection) (InstanceKey, error) {
-	ks := n.keys.Load()
-	if k, ok := ks.verify[c.LocalKeyID]; ok {
+	if k, ok := n.ownKey(c.LocalKeyID); ok {
 		return k, nil
 	}
-	return InstanceKey{}, &Error{Code: CodeUnauthenticated, Op: "tether: sign", Message: "the key this connection's peer knows was retired"}
+	return InstanceKey{}, &Error{Code: CodeUnauthenticated, Op: "tether: sign", Message: "this instance no longer holds the key this connection's peer knows"}
 }
 
 // decodeBody strictly decodes a JSON body into v.

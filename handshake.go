@@ -102,7 +102,7 @@ func (n *Node) Initiate(ctx context.Context, req InitiateRequest) (*Connection, 
 	if err := n.store.CreateConnection(ctx, c, ev); err != nil {
 		return nil, "", n.fail(ctx, op, err)
 	}
-	n.emit(c.ID, ev)
+	n.later(ctx, func() { n.emit(c.ID, ev) })
 	return c, code, nil
 }
 
@@ -310,7 +310,8 @@ func (n *Node) consumeAcceptance(ctx context.Context, op string, c *Connection, 
 	if err != nil {
 		return n.fail(ctx, op, err)
 	}
-	n.emit(c.ID, evs...)
+	id := c.ID
+	n.later(ctx, func() { n.emit(id, evs...) })
 	return nil
 }
 
@@ -806,6 +807,10 @@ func (n *Node) handleAccept(ctx context.Context, req *Request) (*Response, error
 func (n *Node) presented(ctx context.Context, op string, body *acceptRequest, sub string, key ed25519.PublicKey, now time.Time) (*Invitation, error) {
 	if body.Code != "" {
 		inv, err := n.invites.decode(op, body.Code, now, n.keys.Load())
+		if ErrorCode(err) == CodeUnknownKey && n.reloadKeys(ctx) {
+			// Another node sharing the Store may have rotated.
+			inv, err = n.invites.decode(op, body.Code, now, n.keys.Load())
+		}
 		if err != nil {
 			return nil, err
 		}
@@ -838,7 +843,7 @@ func (n *Node) presented(ctx context.Context, op string, body *acceptRequest, su
 // acceptor presented, that it holds the acceptance.
 func (n *Node) checkDestination(ctx context.Context, inv *Invitation, peer *verifiedReply) error {
 	const op = "tether: check the destination"
-	key, ok := n.keys.Load().verify[inv.KeyID]
+	key, ok := n.ownKey(inv.KeyID)
 	if !ok {
 		return &Error{Code: CodeUnknownKey, Op: op, Message: "invitation was signed with a key this instance no longer has"}
 	}

@@ -8,29 +8,73 @@ import (
 
 // deliver hands msgs (ascending Seq) to the Receiver in order, skipping
 // those already applied and stopping at a gap, and advances the inbox
-// cursor after each. It returns the cursor and the Receiver's error, if
-// any. Deliveries to one connection are serialized.
+// cursor after each; control messages are applied by the Node instead.
+// While the connection is not active only the control messages that lead
+// are taken. It returns the cursor and the Receiver's error, if any.
+// Deliveries to one connection are serialized. What the Receiver's calls
+// do once their transaction commits runs after the delivery.
 func (n *Node) deliver(ctx context.Context, id string, msgs []Message) (int64, error) {
+	var after []func()
+	cursor, err := n.deliverLocked(ctx, id, msgs, &after)
+	for _, f := range after {
+		f()
+	}
+	return cursor, err
+}
+
+func (n *Node) deliverLocked(ctx context.Context, id string, msgs []Message, after *[]func()) (int64, error) {
 	defer n.lockInbox(id)()
+	c, err := n.store.GetConnection(ctx, id)
+	if err != nil {
+		return 0, err
+	}
 	cursor, err := n.store.InboxCursor(ctx, id)
 	if err != nil {
 		return 0, err
 	}
-	if n.receiver == nil {
-		return cursor, &Error{Code: CodeUnavailable, Op: "tether: deliver", Message: "no receiver is configured"}
-	}
-	var failed error
+	atomic, _ := n.store.(AtomicInbox)
+	var (
+		failed error
+		done   []pendingWork // per message applied in the transaction
+	)
 	receive := func(ctx context.Context, m Message) error {
-		if err := n.receiver.Receive(ctx, m); err != nil {
-			failed = &Error{Code: CodeUnavailable, Op: "tether: deliver", Message: "the receiver failed", Err: err}
-			return failed
+		var work *afterCommit
+		if atomic != nil {
+			work = new(afterCommit)
+			ctx = context.WithValue(ctx, laterKey{}, work)
+		}
+		var err error
+		switch {
+		case m.Control:
+			if err = n.applyNotice(ctx, id, m.Payload); err != nil {
+				err = &Error{Code: CodeUnavailable, Op: "tether: deliver", Message: "a notice from the peer could not be applied", Err: err}
+			}
+		case n.receiver == nil:
+			err = &Error{Code: CodeUnavailable, Op: "tether: deliver", Message: "no receiver is configured"}
+		default:
+			if rerr := n.receiver.Receive(ctx, m); rerr != nil {
+				err = &Error{Code: CodeUnavailable, Op: "tether: deliver", Message: "the receiver failed", Err: rerr}
+			}
+		}
+		if err != nil {
+			failed = err
+			return err
+		}
+		if work != nil {
+			done = append(done, pendingWork{m.Seq, work.take()})
 		}
 		return nil
 	}
-	atomic, _ := n.store.(AtomicInbox)
+	defer func() {
+		for _, w := range done {
+			if w.seq <= cursor {
+				*after = append(*after, w.funcs...)
+			}
+		}
+	}()
 	for attempt := 0; ; attempt++ {
-		run := nextRun(msgs, cursor)
-		if len(run) == 0 {
+		run := heldReceive(c.Status, nextRun(msgs, cursor))
+		if len(run) == 0 || c.Status == StatusDeleted {
 			return cursor, nil
 		}
 		var err error
@@ -66,6 +110,13 @@ func (n *Node) deliver(ctx context.Context, id string, msgs []Message) (int64, e
 			return cursor, nil
 		}
 	}
+}
+
+// pendingWork is what a message's handling left to do after its
+// transaction commits.
+type pendingWork struct {
+	seq   int64
+	funcs []func()
 }
 
 // nextRun returns the messages of msgs (ascending Seq) that follow cursor

@@ -99,17 +99,14 @@ func newKey(now time.Time, rnd io.Reader) (InstanceKey, error) {
 }
 
 // rotate returns a copy of inst whose new current key is k; the previous
-// current key is retired now and verifies until now+overlap. Keys already
-// expired are dropped.
+// current key is retired now and verifies invitations until now+overlap.
+// Retired keys stay while connections use them: pruneKeys drops them.
 func (inst *Instance) rotate(k InstanceKey, now time.Time, overlap time.Duration) *Instance {
 	out := &Instance{ID: inst.ID, Version: inst.Version, Keys: []InstanceKey{k}}
 	for _, old := range inst.Keys {
 		if old.Retired.IsZero() {
 			old.Retired = now
 			old.Expires = now.Add(overlap)
-		}
-		if !old.Expires.IsZero() && !now.Before(old.Expires) {
-			continue
 		}
 		out.Keys = append(out.Keys, old)
 	}
@@ -135,6 +132,7 @@ func (inst *Instance) validate() error {
 // keySet is an immutable view of an instance's keys for signing and
 // verifying.
 type keySet struct {
+	version  int64 // the Instance's
 	instance string
 	current  InstanceKey
 	public   ed25519.PublicKey
@@ -142,15 +140,16 @@ type keySet struct {
 }
 
 func newKeySet(inst *Instance) *keySet {
-	ks := &keySet{instance: inst.ID, current: inst.Keys[0], public: inst.Keys[0].Public(), verify: make(map[string]InstanceKey, len(inst.Keys))}
+	ks := &keySet{version: inst.Version, instance: inst.ID, current: inst.Keys[0], public: inst.Keys[0].Public(), verify: make(map[string]InstanceKey, len(inst.Keys))}
 	for _, k := range inst.Keys {
 		ks.verify[k.ID] = k
 	}
 	return ks
 }
 
-// lookup returns the public key for kid if it is known and not expired at
-// now. It never does more than a map lookup.
+// lookup returns the public key for kid if it verifies invitations at
+// now: the current key, or a retired one until its Expires. It never does
+// more than a map lookup.
 func (ks *keySet) lookup(kid string, now time.Time) (ed25519.PublicKey, bool) {
 	k, ok := ks.verify[kid]
 	if !ok || !k.Expires.IsZero() && !now.Before(k.Expires) {
@@ -159,16 +158,26 @@ func (ks *keySet) lookup(kid string, now time.Time) (ed25519.PublicKey, bool) {
 	return k.Public(), true
 }
 
-// RotateKey makes a fresh key this instance's current key. The previous key
-// keeps verifying invitations and signing for the connections that pinned it
-// until overlap has passed (the invitation TTL plus leeway when zero), so
-// pending invitations stay acceptable.
+// RotateKey makes a fresh key this instance's current key, and tells the
+// peer of every connection, with a key change notice signed by the key it
+// trusts and carrying a proof that this instance holds the new key. Each
+// connection signs with the new key once its peer has acknowledged the
+// notice; until then it signs with the key its peer knows, so messages
+// flow throughout, whichever side is private.
+//
+// The previous key keeps verifying pending invitations until overlap has
+// passed (the invitation TTL plus leeway when zero), and signing for the
+// connections whose peers have not yet acknowledged the change, however
+// long that takes: a peer that is offline catches up when it is back. A
+// retired key is dropped once it is past its overlap and no connection
+// uses it. Other Nodes sharing the Store load the new key within a second
+// (or at once, when a request names it).
 func (n *Node) RotateKey(ctx context.Context, overlap time.Duration) error {
 	const op = "tether: rotate key"
 	if overlap <= 0 {
 		overlap = n.ttl + InvitationLeeway
 	}
-	return n.fail(ctx, op, retryOnConflict(func() error {
+	err := retryOnConflict(func() error {
 		inst, err := n.store.LoadInstance(ctx)
 		if err != nil {
 			return err
@@ -184,5 +193,143 @@ func (n *Node) RotateKey(ctx context.Context, overlap time.Duration) error {
 		}
 		n.keys.Store(newKeySet(next))
 		return nil
-	}))
+	})
+	if err != nil {
+		return n.fail(ctx, op, err)
+	}
+	return n.fail(ctx, op, n.keySweep(ctx))
+}
+
+// keySweep moves every connection that does not sign with the current key
+// yet onto it, with a key change notice to its peer, and drops the retired
+// keys that are past their overlap and that no connection uses any more.
+// Run calls it now and then while retired keys exist, so connections
+// accepted on an older key, or left behind by a crash, follow too.
+func (n *Node) keySweep(ctx context.Context) error {
+	const op = "tether: key sweep"
+	ks := n.keys.Load()
+	used := map[string]bool{}
+	opts := ListOptions{Kind: KindPeer, Limit: MaxPageSize}
+	for {
+		conns, next, err := n.store.ListConnections(ctx, opts)
+		if err != nil {
+			return err
+		}
+		for _, c := range conns {
+			if c.Status == StatusDeleted {
+				continue
+			}
+			if notifies(c) && c.LocalKeyID != ks.current.ID && c.PendingKeyID != ks.current.ID {
+				moved, err := n.announceKey(ctx, c.ID, ks.current)
+				if err != nil {
+					if ctx.Err() != nil {
+						return err
+					}
+					n.log.WarnContext(ctx, "tether: announce the new key", "connection", c.ID, "err", err)
+				} else {
+					used[moved.LocalKeyID], used[moved.PendingKeyID] = true, true
+				}
+			}
+			used[c.LocalKeyID], used[c.PendingKeyID] = true, true
+		}
+		if next == "" {
+			break
+		}
+		opts.After = next
+	}
+	return retryOnConflict(func() error {
+		inst, err := n.store.LoadInstance(ctx)
+		if err != nil {
+			return err
+		}
+		now := n.clock.Now()
+		keep := inst.Keys[:1:1]
+		for _, k := range inst.Keys[1:] {
+			if used[k.ID] || k.Expires.IsZero() || now.Before(k.Expires) {
+				keep = append(keep, k)
+			}
+		}
+		if len(keep) == len(inst.Keys) {
+			n.useKeys(inst)
+			return nil
+		}
+		inst.Keys = keep
+		if err := n.store.SaveInstance(ctx, inst); err != nil {
+			return err
+		}
+		n.useKeys(inst)
+		return nil
+	})
+}
+
+// announceKey tells the peer of connection id that this side's key is
+// becoming k: the notice goes out in order with the messages, and the
+// connection signs with k once the peer has acknowledged it.
+func (n *Node) announceKey(ctx context.Context, id string, k InstanceKey) (*Connection, error) {
+	const op = "tether: announce key"
+	proof := ed25519.Sign(k.Private, rekeyProof(n.ID(), k.ID))
+	return n.editWith(ctx, op, id, func(c *Connection) (*Event, *notice, error) {
+		if !notifies(c) || c.Status == StatusDeleted || c.LocalKeyID == k.ID || c.PendingKeyID == k.ID {
+			return nil, nil, nil
+		}
+		c.PendingKeyID = k.ID
+		ev := n.event(WithActor(ctx, ActorSystem), EventKeyChanged, "this side's key is changing to "+k.ID+"; the partner is told")
+		return &ev, &notice{Type: noticeRekey, Key: base64.RawURLEncoding.EncodeToString(k.Public()), Proof: base64.RawURLEncoding.EncodeToString(proof)}, nil
+	})
+}
+
+// useKeys makes inst's keys the ones this node signs and verifies with,
+// unless it holds a newer version already.
+func (n *Node) useKeys(inst *Instance) {
+	if inst.validate() != nil {
+		return
+	}
+	next := newKeySet(inst)
+	for {
+		cur := n.keys.Load()
+		if cur.version > next.version || n.keys.CompareAndSwap(cur, next) {
+			return
+		}
+	}
+}
+
+// keyReloadEvery bounds how often a node re-reads its keys because a
+// request named one it does not hold: another node sharing the Store may
+// have rotated.
+const keyReloadEvery = 100 * time.Millisecond
+
+// reloadKeys re-reads the instance's keys from the Store, at most once per
+// keyReloadEvery, and reports whether it did.
+func (n *Node) reloadKeys(ctx context.Context) bool {
+	n.keyReload.Lock()
+	defer n.keyReload.Unlock()
+	now := n.clock.Now()
+	if now.Sub(n.keyReloaded) < keyReloadEvery && !n.keyReloaded.IsZero() {
+		return false
+	}
+	n.keyReloaded = now
+	inst, err := n.store.LoadInstance(ctx)
+	if err != nil {
+		if ctx.Err() == nil {
+			n.log.WarnContext(ctx, "tether: reload keys", "err", err)
+		}
+		return false
+	}
+	n.useKeys(inst)
+	return true
+}
+
+// ownKey returns this instance's key kid, re-reading the keys once when
+// this node does not hold it.
+func (n *Node) ownKey(kid string) (InstanceKey, bool) {
+	if k, ok := n.keys.Load().verify[kid]; ok {
+		return k, true
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if !n.reloadKeys(ctx) {
+		return InstanceKey{}, false
+	}
+	k, ok := n.keys.Load().verify[kid]
+	return k, ok
 }

@@ -58,37 +58,47 @@ func (n *Node) Update(ctx context.Context, id string, u Update) (*Connection, er
 
 // Pause stops delivery on an Active connection. Send keeps queuing, and
 // the peer's deliveries are answered "paused, retry later" so they stay
-// queued on its side too: nothing is lost.
+// queued on its side too: nothing is lost. The peer is told with a notice
+// that follows the messages sent before the pause (they still go); it
+// records "paused by the partner" and holds its messages until Activate.
 func (n *Node) Pause(ctx context.Context, id string) (*Connection, error) {
-	c, err := n.act(ctx, "tether: pause", id, ActionPause, "paused")
-	if err == nil {
-		n.signal(id)
-		n.notifyChanged() // a held poll stops carrying it
-	}
-	return c, err
+	return n.lifecycle(ctx, "tether: pause", id, ActionPause, "paused", noticePaused)
 }
 
-// Activate resumes a Paused connection where it stopped, and tells a
-// public peer so its queued messages flow again at once.
+// Activate resumes a Paused connection where it stopped, and tells the
+// peer, whose queued messages then flow again at once.
 func (n *Node) Activate(ctx context.Context, id string) (*Connection, error) {
-	c, err := n.act(ctx, "tether: activate", id, ActionActivate, "activated")
-	if err == nil {
-		n.signal(id)
-		n.notifyChanged()
-		n.notifyPeer(ctx, c, OpResume)
-	}
-	return c, err
+	return n.lifecycle(ctx, "tether: activate", id, ActionActivate, "activated", noticeActivated)
 }
 
 // Delete soft-deletes a connection: it stays readable with its events, and
-// nothing is sent or accepted on it any more. A public peer is told now; a
-// private one learns at its next request. Either way the peer marks its
-// side deleted and stops retrying.
+// nothing is sent or accepted on it any more; messages not yet delivered
+// are dropped. The peer is told with a notice stored in the same step, so
+// it learns even if this process stops before it is delivered: it marks
+// its side deleted ("deleted by the partner") and stops sending.
+//
+// Pause, Activate and Delete return once the change is stored; they never
+// wait on the peer.
 func (n *Node) Delete(ctx context.Context, id string) (*Connection, error) {
-	c, err := n.act(ctx, "tether: delete", id, ActionDelete, "deleted")
+	return n.lifecycle(ctx, "tether: delete", id, ActionDelete, "deleted", noticeDeleted)
+}
+
+// lifecycle applies action a to connection id and stores, in the same
+// atomic step, a notice of type nt for its peer.
+func (n *Node) lifecycle(ctx context.Context, op, id string, a Action, detail, nt string) (*Connection, error) {
+	c, err := n.editWith(ctx, op, id, func(c *Connection) (*Event, *notice, error) {
+		tell := notifies(c)
+		ev, err := n.step(ctx, op, c, a, detail)
+		if err != nil || !tell {
+			return ev, nil, err
+		}
+		return ev, &notice{Type: nt}, nil
+	})
 	if err == nil {
-		n.signal(id)
-		n.notifyPeer(ctx, c, OpClose)
+		n.later(ctx, func() {
+			n.signal(id)
+			n.notifyChanged()
+		})
 	}
 	return c, err
 }
@@ -113,7 +123,11 @@ func (n *Node) RevokeInvitation(ctx context.Context, id string) (*Connection, er
 		// A private initiator may have been accepted already by the
 		// destination, which waits for it: tell it, best effort (it gives
 		// up by itself at the invitation's expiry otherwise).
-		n.withdrawInvitation(ctx, c)
+		if inDelivery(ctx) {
+			n.later(ctx, func() { n.withdrawInvitation(context.WithoutCancel(ctx), c) })
+		} else {
+			n.withdrawInvitation(ctx, c)
+		}
 	}
 	return c, err
 }
@@ -143,22 +157,37 @@ func (n *Node) step(ctx context.Context, op string, c *Connection, a Action, det
 // event change returns, retrying when another writer got there first. A nil
 // event means nothing changed and nothing is written.
 func (n *Node) edit(ctx context.Context, op, id string, change func(*Connection) (*Event, error)) (*Connection, error) {
+	return n.editWith(ctx, op, id, func(c *Connection) (*Event, *notice, error) {
+		ev, err := change(c)
+		return ev, nil, err
+	})
+}
+
+// editWith is edit whose change may also return a notice for the peer,
+// stored with the change in one atomic step.
+func (n *Node) editWith(ctx context.Context, op, id string, change func(*Connection) (*Event, *notice, error)) (*Connection, error) {
 	var out *Connection
 	err := retryOnConflict(func() error {
 		c, err := n.store.GetConnection(ctx, id)
 		if err != nil {
 			return err
 		}
-		ev, err := change(c)
+		ev, nt, err := change(c)
 		if err != nil || ev == nil {
 			out = c
 			return err
 		}
 		c.UpdatedAt = n.clock.Now()
-		if err := n.store.UpdateConnection(ctx, c, *ev); err != nil {
+		if nt != nil {
+			_, err = n.store.UpdateAndNotify(ctx, c, encodeNotice(*nt), *ev)
+		} else {
+			err = n.store.UpdateConnection(ctx, c, *ev)
+		}
+		if err != nil {
 			return err
 		}
-		n.emit(c.ID, *ev)
+		e := *ev
+		n.later(ctx, func() { n.emit(id, e) })
 		out = c
 		return nil
 	})
@@ -224,8 +253,10 @@ func (n *Node) Transition(ctx context.Context, id string, action Action, detail 
 	}
 	c, err := n.act(ctx, op, id, action, detail)
 	if err == nil {
-		n.signal(id)
-		n.notifyChanged()
+		n.later(ctx, func() {
+			n.signal(id)
+			n.notifyChanged()
+		})
 	}
 	return c, err
 }
@@ -247,27 +278,23 @@ func joinWords(w []string) string {
 
 // peerDeleted records that the peer deleted a connection.
 func (n *Node) peerDeleted(ctx context.Context, id string) {
-	_, err := n.edit(WithActor(ctx, ActorRemote), "tether: peer deleted", id, func(c *Connection) (*Event, error) {
+	if err := n.peerDeletedErr(ctx, id); err != nil && ctx.Err() == nil {
+		n.log.WarnContext(ctx, "tether: record deletion by peer", "connection", id, "err", err)
+	}
+}
+
+// peerDeletedErr records that the peer deleted a connection; this side
+// does not tell the peer back.
+func (n *Node) peerDeletedErr(ctx context.Context, id string) error {
+	rctx := WithActor(ctx, ActorRemote)
+	_, err := n.edit(rctx, "tether: peer deleted", id, func(c *Connection) (*Event, error) {
 		if c.Status == StatusDeleted {
 			return nil, nil
 		}
-		return n.step(WithActor(ctx, ActorRemote), "tether: peer deleted", c, ActionDelete, "deleted by the peer")
+		return n.step(rctx, "tether: peer deleted", c, ActionDelete, "deleted by the partner")
 	})
-	if err != nil && ctx.Err() == nil {
-		n.log.WarnContext(ctx, "tether: record deletion by peer", "connection", id, "err", err)
-	}
-	n.signal(id)
-}
-
-// notifyPeer tells a public peer about a local status change, best effort:
-// a peer that misses it learns at its next request.
-func (n *Node) notifyPeer(ctx context.Context, c *Connection, o Op) {
-	if c.RemoteURL == "" || c.RemoteConnection == "" || n.transport == nil {
-		return
-	}
-	if err := n.exchange(ctx, "tether: notify peer", c, o, []byte("{}"), nil); err != nil {
-		n.log.InfoContext(ctx, "tether: peer not told", "connection", c.ID, "op", string(o), "err", err)
-	}
+	n.later(ctx, func() { n.signal(id) })
+	return err
 }
 
 // handleClose records that the peer deleted the connection.
@@ -279,7 +306,8 @@ func (n *Node) handleClose(ctx context.Context, req *Request) (*Response, error)
 	})
 }
 
-// handleResume wakes the sender of a connection the peer activated again.
+// handleResume wakes the sender of a connection the peer activated again
+// (peers now say so with a notice; this answers those that call).
 func (n *Node) handleResume(ctx context.Context, req *Request) (*Response, error) {
 	const op = "tether: handle resume"
 	return n.serve(ctx, op, req, func(a *authenticated) (any, error) {

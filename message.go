@@ -8,12 +8,17 @@ import (
 
 // Message is one payload sent on a connection. Seq numbers the messages of
 // one connection in the sender's order, starting at 1; the receiver sees
-// them in that order.
+// them in that order. Lifecycle notices travel in the same sequence, so the
+// numbers a Receiver sees increase but may skip.
 type Message struct {
 	ConnectionID string // on the receiving side: the receiver's connection ID
 	Seq          int64
 	Payload      []byte
 	Created      time.Time // when Send stored it on the sending side
+	// Control marks a lifecycle notice (pause, activate, delete, key
+	// change) that the Node writes to the outbox and its peer applies in
+	// order with the data messages. Receivers never see one.
+	Control bool
 }
 
 // DefaultMaxPayload is Config.MaxPayload's default.
@@ -30,6 +35,16 @@ const DefaultMaxPayload = 1 << 20
 // cursor being stored can deliver the message once more, so a Receiver that
 // must see each message exactly once is transactional or idempotent: it may
 // record m.Seq with its own data and skip a Seq it has seen.
+//
+// Receive may call the Node's methods with the context it is given: Send a
+// reply, Pause, Update and so on. With a Store that implements
+// AtomicInbox (sqlstore), those calls join the transaction that marks the
+// message delivered, so a reply is stored if and only if the message is
+// marked delivered, even across crashes; their events reach OnEvent, and
+// their messages are sent, once that transaction commits. Calls that wait
+// on a peer (Accept, Sync) fail there with CodeInvalid: make them after
+// Receive returns. A call made with another context would wait for a
+// database connection the transaction holds; pass the one Receive gets.
 type Receiver interface {
 	Receive(ctx context.Context, m Message) error
 }
@@ -62,6 +77,6 @@ func (n *Node) Send(ctx context.Context, connectionID string, payload []byte) (i
 	if err != nil {
 		return 0, n.fail(ctx, op, err)
 	}
-	n.signal(connectionID)
+	n.later(ctx, func() { n.signal(connectionID) })
 	return seq, nil
 }

@@ -118,6 +118,9 @@ type authenticated struct {
 	// withKey puts this side's key in the answer's token, for a requester
 	// that does not know it yet.
 	withKey bool
+	// key is the peer's key that signed the request: its pinned key, or
+	// during a key change its previous one.
+	key ed25519.PublicKey
 }
 
 // authenticate checks a request addressed to one connection (the token's
@@ -128,7 +131,11 @@ type authenticated struct {
 // connection and the clock error, to be refused signed.
 func (n *Node) authenticate(ctx context.Context, op string, req *Request) (*authenticated, error) {
 	now := n.clock.Now()
-	var c *Connection
+	var (
+		c       *Connection
+		signer  ed25519.PublicKey
+		current bool
+	)
 	claims, err := n.verify(op, wire.Check{
 		Auth: req.Auth, Body: req.Body, Op: string(req.Op), Audience: n.endpoint,
 		Target: req.Target, TargetPath: targetPath(n.endpoint, req.Op),
@@ -146,7 +153,8 @@ func (n *Node) authenticate(ctx context.Context, op string, req *Request) (*auth
 				return nil, refused(op)
 			}
 			c = got
-			return pinnedKey(op, c.RemoteKey)(kid, cl)
+			signer, err = peerKeys(op, c, &current)(kid, cl)
+			return signer, err
 		},
 	})
 	if ErrorCode(err) == CodeClockSkew && c != nil && claims != nil && claims.Issuer == c.RemoteInstance {
@@ -158,13 +166,18 @@ func (n *Node) authenticate(ctx context.Context, op string, req *Request) (*auth
 	if err != nil || claims.Issuer != c.RemoteInstance || !n.fresh(ctx, claims.Issuer, claims.ID, now) {
 		return nil, refused(op)
 	}
+	if current && c.RemotePreviousKey != nil {
+		// The peer signs with its new key: it knows this side has it.
+		n.peerUsesNewKey(ctx, c)
+		c.RemotePreviousKey = nil
+	}
 	if c.Status == StatusPending && c.Role == RoleAcceptor && (req.Op == OpPush || req.Op == OpPoll) {
 		// Only an initiator that recorded the acceptance polls or pushes.
 		if c, err = n.peerConfirmed(ctx, c.ID); err != nil {
 			return nil, Wrap(CodeUnavailable, op, err)
 		}
 	}
-	return &authenticated{conn: c, claims: claims}, nil
+	return &authenticated{conn: c, claims: claims, key: signer}, nil
 }
 
 // serve authenticates a request on one connection, runs h, and signs what

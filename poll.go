@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"math"
 	"sync/atomic"
 	"time"
 )
@@ -15,6 +16,9 @@ type pollCursor struct {
 	// answer comes at once when that is no longer so, and the other way
 	// round.
 	Paused bool `json:"paused,omitempty"`
+	// Held says the asking side is not active (paused, inactive): it
+	// takes only the notices that lead, no data.
+	Held bool `json:"held,omitempty"`
 }
 
 type pollRequest struct {
@@ -102,23 +106,24 @@ func (n *Node) pollOnce(ctx context.Context, p *puller) error {
 			n.forget(id)
 			continue
 		}
-		if c.RemoteURL != p.endpoint || KeyID(c.RemoteKey) != p.keyID {
-			// The peer moved or changed its key: Run gives the connection
-			// to the puller for its new endpoint and key.
+		if c.RemoteURL != p.endpoint || KeyID(c.RemoteKey) != p.keyID || c.LocalKeyID != p.localKeyID {
+			// The peer moved, or a key changed: Run gives the connection
+			// to the puller for its endpoint and keys.
 			p.remove(id)
 			n.notifyChanged()
 			continue
 		}
-		if c.Status != StatusActive {
+		if c.Status == StatusPending {
 			continue
 		}
 		cursor, err := n.store.InboxCursor(ctx, id)
 		if err != nil {
 			return err
 		}
-		req.Connections = append(req.Connections, pollCursor{ID: c.RemoteConnection, Cursor: cursor, Paused: paused})
+		// A paused side still polls, for the peer's notices only.
+		req.Connections = append(req.Connections, pollCursor{ID: c.RemoteConnection, Cursor: cursor, Paused: paused, Held: c.Status != StatusActive})
 		local[c.RemoteConnection] = c
-		polling[id] = true
+		polling[id] = c.Status == StatusActive
 		if first == nil {
 			first = c
 		}
@@ -136,7 +141,7 @@ func (n *Node) pollOnce(ctx context.Context, p *puller) error {
 		return errRestart
 	}
 	var reply pollReply
-	err = n.exchange(pctx, op, &Connection{RemoteURL: p.endpoint, RemoteKey: first.RemoteKey, LocalKeyID: first.LocalKeyID, RemoteConnection: first.RemoteConnection}, OpPoll, body, &reply)
+	err = n.exchange(pctx, op, first, OpPoll, body, &reply)
 	p.end()
 	if err != nil {
 		if pctx.Err() != nil && ctx.Err() == nil {
@@ -172,14 +177,11 @@ func (n *Node) pollOnce(ctx context.Context, p *puller) error {
 			continue
 		}
 		// The poll may have been held since this side paused (or deleted)
-		// the connection: deliver only to one still Active. The messages
-		// stay at the peer, unacknowledged.
-		if now, err := n.store.GetConnection(ctx, c.ID); err != nil || now.Status != StatusActive {
-			continue
-		}
+		// the connection: deliver takes only what its status allows now,
+		// and the rest stays at the peer, unacknowledged.
 		msgs := make([]Message, len(b.Messages))
 		for i, m := range b.Messages {
-			msgs[i] = Message{ConnectionID: c.ID, Seq: m.Seq, Payload: m.Payload}
+			msgs[i] = Message{ConnectionID: c.ID, Seq: m.Seq, Payload: m.Payload, Control: m.Control}
 		}
 		if _, err := n.deliver(ctx, c.ID, msgs); err != nil {
 			n.healthFail(ctx, c.ID, err, true)
@@ -234,7 +236,7 @@ func (n *Node) handlePoll(ctx context.Context, req *Request) (*Response, error) 
 	conns[0] = a.conn
 	for i, id := range ids[1:] {
 		c, err := n.store.GetConnection(ctx, id)
-		if err != nil || c.RemoteInstance != a.claims.Issuer || !c.RemoteKey.Equal(a.conn.RemoteKey) {
+		if err != nil || c.RemoteInstance != a.claims.Issuer || !c.RemoteKey.Equal(a.key) && !c.RemotePreviousKey.Equal(a.key) {
 			return nil, refused(op)
 		}
 		if c.Status == StatusPending && c.Role == RoleAcceptor {
@@ -246,7 +248,7 @@ func (n *Node) handlePoll(ctx context.Context, req *Request) (*Response, error) 
 	}
 	now := n.clock.Now()
 	for i, pc := range body.Connections {
-		if err := n.ackPolled(ctx, pc.ID, pc.Cursor, now); err != nil {
+		if err := n.ackPolled(ctx, conns[i], pc.Cursor, now); err != nil {
 			return nil, Wrap(CodeUnavailable, op, err)
 		}
 		n.healthOK(ctx, conns[i].ID)
@@ -298,7 +300,8 @@ func (n *Node) ackedStale() time.Duration { return 2*n.pollWait + time.Minute }
 // ackPolled acknowledges the outbox of connection id up to cursor, unless
 // this process did so for that cursor already: most polls repeat most
 // cursors.
-func (n *Node) ackPolled(ctx context.Context, id string, cursor int64, now time.Time) error {
+func (n *Node) ackPolled(ctx context.Context, c *Connection, cursor int64, now time.Time) error {
+	id := c.ID
 	v, ok := n.acked.Load(id)
 	if !ok {
 		v, _ = n.acked.LoadOrStore(id, new(ackMark))
@@ -308,7 +311,7 @@ func (n *Node) ackPolled(ctx context.Context, id string, cursor int64, now time.
 	if cursor <= m.cursor.Load() {
 		return nil
 	}
-	if err := n.store.AckOutbox(ctx, id, cursor); err != nil {
+	if err := n.acknowledged(ctx, c, cursor); err != nil {
 		return err
 	}
 	for last := m.cursor.Load(); cursor > last && !m.cursor.CompareAndSwap(last, cursor); last = m.cursor.Load() {
@@ -319,7 +322,9 @@ func (n *Node) ackPolled(ctx context.Context, id string, cursor int64, now time.
 // pollBatches reads what each polled connection has after its cursor, and
 // returns the batches worth answering at once: those with messages, those
 // of connections deleted, and those whose status differs from what the
-// poller last heard.
+// poller last heard. A connection that is not active, or whose peer
+// paused, sends up to its latest notice; a poller that is held takes only
+// the notices that lead.
 func (n *Node) pollBatches(ctx context.Context, polled []pollCursor) (pollReply, error) {
 	reply := pollReply{Connections: []pollBatch{}}
 	count, size := 0, 0
@@ -331,37 +336,48 @@ func (n *Node) pollBatches(ctx context.Context, polled []pollCursor) (pollReply,
 		b := pollBatch{ID: pc.ID, Status: pollActive}
 		switch c.Status {
 		case StatusDeleted:
+			// The deletion is durable here: every poll hears it, so the
+			// notice is not needed and the outbox goes.
 			b.Status = pollGone
 			n.forget(pc.ID)
-		case StatusActive:
-			if count >= n.batch || size >= batchBytes {
-				break
+			if err := n.store.AckOutbox(ctx, pc.ID, math.MaxInt64); err != nil {
+				return reply, err
 			}
+			reply.Connections = append(reply.Connections, b)
+			continue
+		case StatusActive:
+		default:
+			b.Status = pollPaused
+		}
+		if count < n.batch && size < batchBytes {
 			msgs, err := n.store.ListOutbox(ctx, pc.ID, pc.Cursor, n.batch-count)
 			if err != nil {
 				return reply, err
 			}
-			if len(msgs) > 0 {
-				// A Pause that returned while the outbox was read stops
+			if len(msgs) > 0 && c.Status == StatusActive {
+				// A Pause that returned while the outbox was read holds
 				// these messages too.
-				if again, err := n.store.GetConnection(ctx, pc.ID); err != nil || again.Status != StatusActive {
-					b.Status, msgs = pollPaused, nil
-					if err == nil && again.Status == StatusDeleted {
-						b.Status = pollGone
-					}
+				again, err := n.store.GetConnection(ctx, pc.ID)
+				if err != nil {
+					return reply, err
 				}
+				if c = again; c.Status != StatusActive {
+					b.Status = pollPaused
+				}
+			}
+			msgs = heldSend(c, msgs)
+			if pc.Held {
+				msgs = heldReceive(StatusPaused, msgs)
 			}
 			for _, m := range msgs {
 				if count > 0 && size+len(m.Payload) > batchBytes {
 					break
 				}
-				b.Messages = append(b.Messages, wireMessage{Seq: m.Seq, Payload: m.Payload})
+				b.Messages = append(b.Messages, wireMessage{Seq: m.Seq, Payload: m.Payload, Control: m.Control})
 				count, size = count+1, size+len(m.Payload)
 			}
-		default:
-			b.Status = pollPaused
 		}
-		if len(b.Messages) > 0 || b.Status == pollGone || (b.Status == pollPaused) != pc.Paused {
+		if len(b.Messages) > 0 || (b.Status == pollPaused) != pc.Paused {
 			reply.Connections = append(reply.Connections, b)
 		}
 	}

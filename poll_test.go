@@ -121,15 +121,16 @@ func TestPrivateSideResumesWhenPeerActivates(t *testing.T) {
 		if _, err := beta.Pause(ctx, bid); err != nil {
 			t.Fatal(err)
 		}
-		seq, err := alpha.Send(ctx, aid, []byte(fmt.Sprintf("a-%d", round)))
-		if err != nil || seq != int64(round) {
-			t.Fatalf("Send: %d, %v", seq, err)
+		// alpha learns of the pause from its notice and holds its message.
+		eventually(t, "alpha learns the partner paused", func() bool {
+			return alpha.get(t, aid).RemoteStatus == tether.StatusPaused
+		})
+		if _, err := alpha.Send(ctx, aid, []byte(fmt.Sprintf("a-%d", round))); err != nil {
+			t.Fatalf("Send: %v", err)
 		}
-		// alpha's push is refused: its pusher waits out the pause.
-		for code := range codes {
-			if code == tether.CodePaused {
-				break
-			}
+		time.Sleep(100 * time.Millisecond)
+		if n := bin.count(); n != round-1 {
+			t.Fatalf("round %d: beta got %d messages while paused", round, n)
 		}
 		start := time.Now()
 		if _, err := beta.Activate(ctx, bid); err != nil {

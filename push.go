@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"math"
 	"strconv"
 	"time"
 )
@@ -28,6 +29,7 @@ func (n *Node) MaxBody() int {
 type wireMessage struct {
 	Seq     int64  `json:"seq"`
 	Payload []byte `json:"payload"`
+	Control bool   `json:"control,omitempty"` // a notice the Node applies
 }
 
 type pushRequest struct {
@@ -78,16 +80,9 @@ func (n *Node) pushLoop(ctx context.Context, id string, peerPaused func()) {
 			attempt++
 			continue
 		}
-		switch c.Status {
-		case StatusDeleted:
-			n.forget(id)
+		if c.Status == StatusDeleted && c.NoticeSeq == 0 {
+			n.forget(id) // nothing left to tell the peer
 			return
-		case StatusActive:
-		default: // paused, inactive: keep the queue
-			if !n.idle(ctx, wake) {
-				return
-			}
-			continue
 		}
 		// Take the lease, or renew it once half of it has passed.
 		now := n.clock.Now()
@@ -111,7 +106,14 @@ func (n *Node) pushLoop(ctx context.Context, id string, peerPaused func()) {
 			leaseUntil = now.Add(n.leaseTTL)
 		}
 		msgs, err := n.store.ListOutbox(ctx, id, 0, n.batch)
+		// A paused or deleted connection, or one whose peer paused, sends
+		// only up to its latest notice.
+		msgs = heldSend(c, msgs)
 		if err == nil && len(msgs) == 0 {
+			if c.Status == StatusDeleted {
+				n.forget(id) // the peer has the deletion
+				return
+			}
 			if !n.idle(ctx, wake) {
 				return
 			}
@@ -121,8 +123,12 @@ func (n *Node) pushLoop(ctx context.Context, id string, peerPaused func()) {
 		if err == nil {
 			acked, err = n.push(ctx, c, msgs)
 		}
-		if err == nil && acked > 0 {
-			err = n.store.AckOutbox(ctx, id, acked)
+		if acked > 0 && ErrorCode(err) != CodeGone {
+			// What the peer applied is acknowledged, even when it took
+			// less than the whole batch.
+			if aerr := n.acknowledged(ctx, c, acked); err == nil {
+				err = aerr
+			}
 		}
 		switch {
 		case ctx.Err() != nil:
@@ -131,7 +137,11 @@ func (n *Node) pushLoop(ctx context.Context, id string, peerPaused func()) {
 			attempt = 0
 			n.healthOK(ctx, id)
 		case ErrorCode(err) == CodeGone:
+			// The peer deleted its side: nothing more can be delivered.
 			n.peerDeleted(ctx, id)
+			if err := n.store.AckOutbox(ctx, id, math.MaxInt64); err != nil {
+				n.log.WarnContext(ctx, "tether: drop the outbox of a connection the peer deleted", "connection", id, "err", err)
+			}
 			n.forget(id)
 			return
 		case ErrorCode(err) == CodePaused:
@@ -164,7 +174,7 @@ func (n *Node) push(ctx context.Context, c *Connection, msgs []Message) (int64, 
 			break
 		}
 		size += len(m.Payload)
-		batch.Messages = append(batch.Messages, wireMessage{Seq: m.Seq, Payload: m.Payload})
+		batch.Messages = append(batch.Messages, wireMessage{Seq: m.Seq, Payload: m.Payload, Control: m.Control})
 	}
 	body, err := json.Marshal(batch)
 	if err != nil {
@@ -191,8 +201,8 @@ func (n *Node) handlePush(ctx context.Context, req *Request) (*Response, error) 
 	const op = "tether: handle push"
 	return n.serve(ctx, op, req, func(a *authenticated) (any, error) {
 		c := a.conn
-		if err := n.deliverable(op, c); err != nil {
-			return nil, err
+		if c.Status == StatusDeleted || c.Status == StatusPending {
+			return nil, n.deliverable(op, c)
 		}
 		var body pushRequest
 		if err := decodeBody(op, req.Body, n.MaxBody(), &body); err != nil {
@@ -203,7 +213,12 @@ func (n *Node) handlePush(ctx context.Context, req *Request) (*Response, error) 
 			if len(m.Payload) > n.maxPayload || m.Seq < 1 || i > 0 && m.Seq <= body.Messages[i-1].Seq {
 				return nil, &Error{Code: CodeProtocol, Op: op, Message: "batch is not in ascending order or holds an oversized payload"}
 			}
-			msgs[i] = Message{ConnectionID: c.ID, Seq: m.Seq, Payload: m.Payload}
+			msgs[i] = Message{ConnectionID: c.ID, Seq: m.Seq, Payload: m.Payload, Control: m.Control}
+		}
+		if c.Status != StatusActive && len(heldReceive(c.Status, msgs)) == 0 {
+			// Paused or inactive: no data, but notices that lead are
+			// taken, so this side learns of a deletion or a key change.
+			return nil, n.deliverable(op, c)
 		}
 		cursor, err := n.deliver(ctx, c.ID, msgs)
 		reply := pushReply{Acked: cursor}

@@ -33,6 +33,11 @@ func (n *Node) run(ctx context.Context, r *runner) error {
 		n.pendingLoop(ctx)
 	}()
 	defer r.wg.Wait()
+	r.wg.Add(1)
+	go func() {
+		defer r.wg.Done()
+		n.keyLoop(ctx)
+	}()
 	if w, ok := n.store.(OutboxWatcher); ok {
 		r.wg.Add(1)
 		go func() {
@@ -68,8 +73,39 @@ func (n *Node) watchOutbox(ctx context.Context, w OutboxWatcher) {
 }
 
 // rescanInterval is how often Run looks for connections added by other
-// replicas sharing the Store.
+// replicas sharing the Store, and, while retired keys exist, for
+// connections that do not sign with the current key yet.
 const rescanInterval = 30 * time.Second
+
+// keyLoop re-reads the instance's keys every second when other processes
+// share the Store (one of them may rotate), and, while retired keys exist,
+// sweeps connections onto the current key and drops retired keys no
+// connection uses.
+func (n *Node) keyLoop(ctx context.Context) {
+	every := rescanInterval
+	if n.shared {
+		every = idleRecheck
+	}
+	var swept time.Time
+	for {
+		if n.shared {
+			n.reloadKeys(ctx)
+		}
+		ks := n.keys.Load()
+		if now := n.clock.Now(); len(ks.verify) > 1 && now.Sub(swept) >= rescanInterval || ks.version != n.swept.Load() {
+			swept = now
+			n.swept.Store(ks.version)
+			if err := n.keySweep(ctx); err != nil && ctx.Err() == nil {
+				n.log.WarnContext(ctx, "tether: move connections to the current key", "err", err)
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-n.clock.After(every):
+		}
+	}
+}
 
 func (n *Node) pendingLoop(ctx context.Context) {
 	for {
@@ -146,7 +182,7 @@ func (r *runner) ensure(ctx context.Context, c *Connection) {
 	}
 	// One long-poll per endpoint (and peer key) carries up to
 	// MaxPollConnections connections; more take a second, and so on.
-	key := c.RemoteURL + " " + KeyID(c.RemoteKey)
+	key := c.RemoteURL + " " + KeyID(c.RemoteKey) + " " + c.LocalKeyID
 	active := c.Status == StatusActive
 	group := r.pullers[key]
 	for _, p := range group {
@@ -160,7 +196,7 @@ func (r *runner) ensure(ctx context.Context, c *Connection) {
 			return
 		}
 	}
-	p := newPuller(c.RemoteURL, KeyID(c.RemoteKey))
+	p := newPuller(c.RemoteURL, KeyID(c.RemoteKey), c.LocalKeyID)
 	p.carry(c.ID, active)
 	r.pullers[key] = append(group, p)
 	r.wg.Add(1)
@@ -220,11 +256,14 @@ func (r *runner) tracked() int {
 }
 
 // puller is the single long-poll of a private side to one public endpoint,
-// for the connections whose peer has one key.
+// for the connections whose peer has one key and that sign with one key of
+// this side: the poll is signed with it, and the peer accepts it for
+// every connection the poll names.
 type puller struct {
-	endpoint string
-	keyID    string // the peer's key: it signs every answer
-	changed  chan struct{}
+	endpoint   string
+	keyID      string // the peer's key: it signs every answer
+	localKeyID string // this side's key: it signs the poll
+	changed    chan struct{}
 
 	mu sync.Mutex
 	// ids are the connections the puller carries; each maps to whether the
@@ -239,8 +278,8 @@ type puller struct {
 	cancel context.CancelFunc
 }
 
-func newPuller(endpoint, keyID string) *puller {
-	return &puller{endpoint: endpoint, keyID: keyID, ids: map[string]bool{}, changed: make(chan struct{}, 1)}
+func newPuller(endpoint, keyID, localKeyID string) *puller {
+	return &puller{endpoint: endpoint, keyID: keyID, localKeyID: localKeyID, ids: map[string]bool{}, changed: make(chan struct{}, 1)}
 }
 
 // carry makes the puller carry id, unless it carries MaxPollConnections

@@ -7,7 +7,7 @@ import (
 // A change to the connections a poll should carry, made while the poll is
 // prepared or held, restarts it; other changes do not.
 func TestPullerRestartsOnChange(t *testing.T) {
-	p := newPuller("https://alpha.example/tether", "key")
+	p := newPuller("https://alpha.example/tether", "key", "local")
 	if !p.carry("a", true) {
 		t.Fatal("an empty puller refused a connection")
 	}

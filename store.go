@@ -40,11 +40,25 @@ type Store interface {
 	// one atomic step, if the stored Version equals c.Version; the stored
 	// version becomes c.Version+1 and so does c.Version.
 	//
+	// A connection that moves to StatusDeleted (here, in UpdateAndNotify or
+	// in ConsumeInvitation) closes its outbox in the same step: the data
+	// messages not yet acknowledged are dropped, control messages stay
+	// until acknowledged, and AppendOutbox refuses from then on.
+	//
 	// Codes: CodeNotFound (no such ID), CodeConflict (Version differs: reload
 	// and retry), CodeInvalid (c fails Validate, or Kind, Role or CreatedAt
 	// changed), CodeModeFixed (Mode changed), CodeInvalidTransition (the
 	// status change is not allowed by Next for any action).
 	UpdateConnection(ctx context.Context, c *Connection, events ...Event) error
+
+	// UpdateAndNotify is UpdateConnection that also appends notice to the
+	// connection's outbox as a control message (Message.Control true), in
+	// the same atomic step, and returns its sequence number. c.NoticeSeq is
+	// set to that number, in c and in the stored record. It appends even
+	// when c moves to StatusDeleted: that notice is the last message of the
+	// closed outbox. Codes as UpdateConnection's; nothing is appended when
+	// it fails.
+	UpdateAndNotify(ctx context.Context, c *Connection, notice []byte, events ...Event) (seq int64, err error)
 
 	// ConsumeInvitation records key (an opaque string of at most 200 bytes
 	// naming one invitation) as used and, in the same atomic step, creates c
@@ -74,10 +88,12 @@ type Store interface {
 	// connection's next sequence number (1 for the first; numbers are never
 	// reused, not even after acknowledgement) and returns that number. The
 	// message is durable when it returns. CodeNotFound when the connection
-	// does not exist.
+	// does not exist, CodeNotConnected when it is deleted: the check and the
+	// append are one atomic step, so a message is never appended after the
+	// connection's deletion.
 	AppendOutbox(ctx context.Context, connectionID string, payload []byte, created time.Time) (seq int64, err error)
 
-	// ListOutbox returns the unacknowledged messages of a connection with Seq
+	// ListOutbox returns the unacknowledged messages (data and control) of a connection with Seq
 	// greater than after, in ascending Seq order, at most limit of them (0
 	// means 100, capped at 1000). An unknown connection has none.
 	ListOutbox(ctx context.Context, connectionID string, after int64, limit int) ([]Message, error)
@@ -118,6 +134,13 @@ type Store interface {
 // writes its effects through that transaction applies each message exactly
 // once, even across crashes, and deliveries to one connection are
 // serialized across processes.
+//
+// Every Store method called with that context runs inside the delivery's
+// transaction: its writes commit with the message's cursor, or are undone
+// with it. So a Receiver that calls Node.Send with the context it was given
+// stores its reply if and only if the message it answers is marked
+// delivered, and a Store with a single database connection never waits for
+// a second one.
 type AtomicInbox interface {
 	// DeliverInbox hands msgs, whose Seqs run from from+1 without gaps, to
 	// fn one at a time in one transaction, each message in a savepoint of

@@ -40,8 +40,37 @@ type lease struct {
 }
 
 type outbox struct {
-	last int64            // last sequence number given out
-	msgs []tether.Message // unacknowledged, ascending Seq
+	last   int64            // last sequence number given out
+	msgs   []tether.Message // unacknowledged, ascending Seq
+	closed bool             // the connection is deleted: no more data messages
+}
+
+// add appends a message with the next sequence number and returns it.
+func (ob *outbox) add(id string, payload []byte, created time.Time, control bool) int64 {
+	ob.last++
+	ob.msgs = append(ob.msgs, tether.Message{ConnectionID: id, Seq: ob.last, Payload: slices.Clone(payload), Created: created, Control: control})
+	return ob.last
+}
+
+// close drops the data messages and refuses new ones; control messages
+// stay until they are acknowledged.
+func (ob *outbox) close() {
+	ob.msgs = slices.DeleteFunc(ob.msgs, func(m tether.Message) bool { return !m.Control })
+	ob.closed = true
+}
+
+// outboxOf returns connection id's outbox, made on first use.
+func (s *Store) outboxOf(id string) *outbox {
+	ob := s.outbox[id]
+	if ob == nil {
+		ob = &outbox{}
+		s.outbox[id] = ob
+	}
+	return ob
+}
+
+func notConnected(op string) error {
+	return &tether.Error{Code: tether.CodeNotConnected, Op: op, Message: "the connection is deleted"}
 }
 
 var _ tether.Store = (*Store)(nil)
@@ -145,6 +174,9 @@ func (s *Store) create(op string, c *tether.Connection, events []tether.Event) e
 	s.conns[c.ID] = stored
 	i, _ := slices.BinarySearch(s.ids, c.ID)
 	s.ids = slices.Insert(s.ids, i, c.ID)
+	if c.Status == tether.StatusDeleted {
+		s.outboxOf(c.ID).close()
+	}
 	s.append(c.ID, events)
 	c.Version = 1
 	return nil
@@ -157,26 +189,56 @@ func (s *Store) UpdateConnection(ctx context.Context, c *tether.Connection, even
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.update("memstore: update connection", c, events)
+	_, err := s.update("memstore: update connection", c, events, nil, false)
+	return err
 }
 
-func (s *Store) update(op string, c *tether.Connection, events []tether.Event) error {
+// UpdateAndNotify implements tether.Store. The notice's Created is
+// c.UpdatedAt. On a connection deleted before, whose outbox is closed, it
+// fails with CodeNotConnected.
+func (s *Store) UpdateAndNotify(ctx context.Context, c *tether.Connection, notice []byte, events ...tether.Event) (int64, error) {
+	if err := ctx.Err(); err != nil {
+		return 0, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.update("memstore: update and notify", c, events, notice, true)
+}
+
+// update replaces c as UpdateConnection does. With notify it also appends
+// notice to the outbox as a control message and returns its number.
+func (s *Store) update(op string, c *tether.Connection, events []tether.Event, notice []byte, notify bool) (int64, error) {
 	old, ok := s.conns[c.ID]
 	if !ok {
-		return &tether.Error{Code: tether.CodeNotFound, Op: op, Message: "no such connection"}
+		return 0, &tether.Error{Code: tether.CodeNotFound, Op: op, Message: "no such connection"}
 	}
 	if old.Version != c.Version {
-		return &tether.Error{Code: tether.CodeConflict, Op: op, Message: "connection changed since it was read"}
+		return 0, &tether.Error{Code: tether.CodeConflict, Op: op, Message: "connection changed since it was read"}
 	}
 	if err := tether.CheckUpdate(old, c); err != nil {
-		return err
+		return 0, err
+	}
+	ob := s.outboxOf(c.ID)
+	if notify && ob.closed {
+		return 0, notConnected(op)
 	}
 	stored := c.Clone()
 	stored.Version++
+	var seq int64
+	if notify {
+		seq = ob.add(c.ID, notice, c.UpdatedAt, true)
+		stored.NoticeSeq = seq
+	}
+	if c.Status == tether.StatusDeleted && !ob.closed {
+		ob.close()
+	}
 	s.conns[c.ID] = stored
 	s.append(c.ID, events)
 	c.Version = stored.Version
-	return nil
+	if notify {
+		c.NoticeSeq = seq
+	}
+	return seq, nil
 }
 
 // ConsumeInvitation implements tether.Store.
@@ -205,7 +267,7 @@ func (s *Store) ConsumeInvitation(ctx context.Context, key string, expires time.
 	if c.Version == 0 {
 		err = s.create(op, c, events)
 	} else {
-		err = s.update(op, c, events)
+		_, err = s.update(op, c, events, nil, false)
 	}
 	if err != nil {
 		return err
@@ -288,19 +350,17 @@ func (s *Store) AppendOutbox(ctx context.Context, connectionID string, payload [
 	if err := ctx.Err(); err != nil {
 		return 0, err
 	}
+	const op = "memstore: append outbox"
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if _, ok := s.conns[connectionID]; !ok {
-		return 0, &tether.Error{Code: tether.CodeNotFound, Op: "memstore: append outbox", Message: "no such connection"}
+		return 0, &tether.Error{Code: tether.CodeNotFound, Op: op, Message: "no such connection"}
 	}
-	ob := s.outbox[connectionID]
-	if ob == nil {
-		ob = &outbox{}
-		s.outbox[connectionID] = ob
+	ob := s.outboxOf(connectionID)
+	if ob.closed {
+		return 0, notConnected(op)
 	}
-	ob.last++
-	ob.msgs = append(ob.msgs, tether.Message{ConnectionID: connectionID, Seq: ob.last, Payload: slices.Clone(payload), Created: created})
-	return ob.last, nil
+	return ob.add(connectionID, payload, created, false), nil
 }
 
 // ListOutbox implements tether.Store.

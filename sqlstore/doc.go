@@ -81,6 +81,13 @@
 //		return err
 //	}
 //
+// The Store's own methods called with the Receiver's context (Node.Send
+// among them) run in that transaction too, each in a savepoint of its
+// own: a reply commits with the message it answers, or is undone with it;
+// a call that fails undoes only its own writes; and a SQLite database with
+// one connection never waits for a second. Calls from several goroutines
+// of one Receiver take the transaction in turn.
+//
 // Errors are *tether.Error values; driver errors are translated by their
 // type and code (SQLSTATE for PostgreSQL drivers, extended result codes for
 // modernc.org/sqlite), never by their text, and keep the driver's error as

@@ -2,7 +2,6 @@ package sqlstore
 
 import (
 	"context"
-	"database/sql"
 	"embed"
 	"fmt"
 	"io/fs"
@@ -65,7 +64,7 @@ func (s *Store) migrate(ctx context.Context) error {
 	if err != nil {
 		return translate(op, err)
 	}
-	return s.inTx(ctx, op, func(tx *sql.Tx) error {
+	return s.inTx(ctx, op, func(tx querier) error {
 		if s.dialect == PostgreSQL {
 			if _, err := tx.ExecContext(ctx, `SELECT pg_advisory_xact_lock(`+strconv.Itoa(migrateLockID)+`)`); err != nil {
 				return err

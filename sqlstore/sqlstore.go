@@ -79,37 +79,13 @@ func New(ctx context.Context, db *sql.DB, dialect Dialect, cfg Config) (*Store, 
 // Dialect returns the store's dialect.
 func (s *Store) Dialect() Dialect { return s.dialect }
 
-type txKey struct{}
-
-// Tx returns the transaction a Receiver runs in when the Node delivers a
-// message through this Store, or nil outside one. A Receiver that writes its
-// effects with it applies each message exactly once: the write and the
-// inbox cursor commit together.
-func Tx(ctx context.Context) *sql.Tx {
-	tx, _ := ctx.Value(txKey{}).(*sql.Tx)
-	return tx
-}
-
-// inTx runs fn in a transaction and commits it, or rolls it back when fn
-// fails. A failing Commit is reported.
-func (s *Store) inTx(ctx context.Context, op string, fn func(*sql.Tx) error) error {
-	tx, err := s.db.BeginTx(ctx, nil)
-	if err != nil {
-		return translate(op, err)
-	}
-	if err := fn(tx); err != nil {
-		_ = tx.Rollback()
-		return translate(op, err)
-	}
-	return translate(op, tx.Commit())
-}
-
 // queries are the statements in the dialect's placeholder style.
 type queries struct {
 	loadInstance, createInstance, updateInstance, instanceVersion                                string
 	createConn, createOutboxSeq, createInbox, getConn, getConnForUpdate, updateConn, insertEvent string
 	useInvitation, purgeInvitations, listEvents, connExists                                      string
-	appendOutbox, listOutbox, ackOutbox, inboxCursor, inboxForUpdate, advanceInbox               string
+	appendOutbox, outboxClosed, closeOutbox, dropData                                            string
+	listOutbox, ackOutbox, inboxCursor, inboxForUpdate, advanceInbox                             string
 	lease, release, nonce, purgeNonces                                                           string
 }
 
@@ -121,7 +97,7 @@ func newQueries(d Dialect) queries {
 		updateInstance:   r(`UPDATE tether_instance SET id = ?, keys = ?, version = version + 1 WHERE singleton = 1 AND version = ?`),
 		instanceVersion:  r(`SELECT version FROM tether_instance WHERE singleton = 1`),
 		createConn:       r(`INSERT INTO tether_connections (id, owner, status, kind, version, data) VALUES (?, ?, ?, ?, 1, ?) ON CONFLICT (id) DO NOTHING`),
-		createOutboxSeq:  r(`INSERT INTO tether_outbox_seq (connection_id, last) VALUES (?, 0)`),
+		createOutboxSeq:  r(`INSERT INTO tether_outbox_seq (connection_id, last, closed) VALUES (?, 0, ?)`),
 		createInbox:      r(`INSERT INTO tether_inbox (connection_id, position) VALUES (?, 0)`),
 		getConn:          r(`SELECT version, data FROM tether_connections WHERE id = ?`),
 		getConnForUpdate: r(`SELECT version, data FROM tether_connections WHERE id = ?` + d.forUpdate()),
@@ -131,7 +107,10 @@ func newQueries(d Dialect) queries {
 		purgeInvitations: r(`DELETE FROM tether_used_invitations WHERE expires_ns < ? AND key <> ?`),
 		listEvents:       r(`SELECT seq, type, time_ns, actor, detail FROM tether_events WHERE connection_id = ? AND seq > ? ORDER BY seq LIMIT ?`),
 		connExists:       r(`SELECT 1 FROM tether_connections WHERE id = ?`),
-		listOutbox:       r(`SELECT seq, payload, created_ns FROM tether_outbox WHERE connection_id = ? AND seq > ? ORDER BY seq LIMIT ?`),
+		outboxClosed:     r(`SELECT closed FROM tether_outbox_seq WHERE connection_id = ?`),
+		closeOutbox:      r(`UPDATE tether_outbox_seq SET closed = ? WHERE connection_id = ?`),
+		dropData:         r(`DELETE FROM tether_outbox WHERE connection_id = ? AND control = ?`),
+		listOutbox:       r(`SELECT seq, payload, created_ns, control FROM tether_outbox WHERE connection_id = ? AND seq > ? ORDER BY seq LIMIT ?`),
 		ackOutbox:        r(`DELETE FROM tether_outbox WHERE connection_id = ? AND seq <= ?`),
 		inboxCursor:      r(`SELECT position FROM tether_inbox WHERE connection_id = ?`),
 		inboxForUpdate:   r(`SELECT position FROM tether_inbox WHERE connection_id = ?` + d.forUpdate()),
@@ -143,20 +122,28 @@ func newQueries(d Dialect) queries {
 		nonce:       r(`INSERT INTO tether_nonces (key, until_ns) VALUES (?, ?) ON CONFLICT (key) DO NOTHING`),
 		purgeNonces: r(`DELETE FROM tether_nonces WHERE until_ns < ?`),
 	}
+	// Appending takes the next number from the connection's counter row
+	// unless the row is closed (the connection is deleted), in one
+	// statement, so the check and the append are one step. Nothing is
+	// appended when the row is missing or closed.
 	if d == PostgreSQL {
-		// One statement: the UPDATE locks the counter row, so concurrent
-		// appends to one connection take numbers one after the other, and
-		// the notification goes out when the statement commits.
+		// The UPDATE locks the counter row, so concurrent appends to one
+		// connection take numbers one after the other. A deletion updates
+		// that row too: an append waiting for it re-reads the row (READ
+		// COMMITTED re-evaluates the WHERE on the new version) and finds
+		// it closed. The notification goes out when the statement, or the
+		// transaction it is part of, commits.
 		q.appendOutbox = r(`WITH next AS (
-				UPDATE tether_outbox_seq SET last = last + 1 WHERE connection_id = ? RETURNING connection_id, last
+				UPDATE tether_outbox_seq SET last = last + 1 WHERE connection_id = ? AND NOT closed RETURNING connection_id, last
 			)
-			INSERT INTO tether_outbox (connection_id, seq, payload, created_ns)
-			SELECT next.connection_id, next.last, ?, ? FROM next, LATERAL (SELECT pg_notify('` + notifyChannel + `', next.connection_id)) AS n
+			INSERT INTO tether_outbox (connection_id, seq, payload, created_ns, control)
+			SELECT next.connection_id, next.last, ?, ?, ? FROM next, LATERAL (SELECT pg_notify('` + notifyChannel + `', next.connection_id)) AS n
 			RETURNING seq`)
 	} else {
-		// One statement: the trigger tether_outbox_next moves the counter.
-		q.appendOutbox = r(`INSERT INTO tether_outbox (connection_id, seq, payload, created_ns)
-			SELECT connection_id, last + 1, ?, ? FROM tether_outbox_seq WHERE connection_id = ?
+		// The trigger tether_outbox_next moves the counter; SQLite runs one
+		// writer at a time.
+		q.appendOutbox = r(`INSERT INTO tether_outbox (connection_id, seq, payload, created_ns, control)
+			SELECT connection_id, last + 1, ?, ?, ? FROM tether_outbox_seq WHERE connection_id = ? AND NOT closed
 			RETURNING seq`)
 	}
 	return q
@@ -200,12 +187,15 @@ func (s *Store) LoadInstance(ctx context.Context) (*tether.Instance, error) {
 		inst   tether.Instance
 		sealed []byte
 	)
-	err := s.db.QueryRowContext(ctx, s.q.loadInstance).Scan(&inst.ID, &inst.Version, &sealed)
-	if errors.Is(err, sql.ErrNoRows) {
-		return nil, &tether.Error{Code: tether.CodeNotFound, Op: op, Message: "no instance identity saved"}
-	}
+	err := s.read(ctx, op, func(q querier) error {
+		err := q.QueryRowContext(ctx, s.q.loadInstance).Scan(&inst.ID, &inst.Version, &sealed)
+		if errors.Is(err, sql.ErrNoRows) {
+			return &tether.Error{Code: tether.CodeNotFound, Op: op, Message: "no instance identity saved"}
+		}
+		return err
+	})
 	if err != nil {
-		return nil, translate(op, err)
+		return nil, err
 	}
 	plain, err := s.sealer.Open(sealed, instanceContext(inst.ID))
 	if err != nil {
@@ -240,30 +230,34 @@ func (s *Store) SaveInstance(ctx context.Context, inst *tether.Instance) error {
 	if err != nil {
 		return err
 	}
-	if inst.Version == 0 {
-		res, err := s.db.ExecContext(ctx, s.q.createInstance, inst.ID, sealed)
+	err = s.write(ctx, op, func(q querier) error {
+		if inst.Version == 0 {
+			res, err := q.ExecContext(ctx, s.q.createInstance, inst.ID, sealed)
+			if err != nil {
+				return err
+			}
+			if n, _ := res.RowsAffected(); n == 0 {
+				return &tether.Error{Code: tether.CodeAlreadyExists, Op: op, Message: "an instance identity exists"}
+			}
+			return nil
+		}
+		res, err := q.ExecContext(ctx, s.q.updateInstance, inst.ID, sealed, inst.Version)
 		if err != nil {
-			return translate(op, err)
+			return err
 		}
 		if n, _ := res.RowsAffected(); n == 0 {
-			return &tether.Error{Code: tether.CodeAlreadyExists, Op: op, Message: "an instance identity exists"}
+			var v int64
+			if err := q.QueryRowContext(ctx, s.q.instanceVersion).Scan(&v); errors.Is(err, sql.ErrNoRows) {
+				return &tether.Error{Code: tether.CodeNotFound, Op: op, Message: "no instance identity saved"}
+			}
+			return &tether.Error{Code: tether.CodeConflict, Op: op, Message: "instance identity changed since it was read"}
 		}
-		inst.Version = 1
 		return nil
+	})
+	if err == nil {
+		inst.Version++
 	}
-	res, err := s.db.ExecContext(ctx, s.q.updateInstance, inst.ID, sealed, inst.Version)
-	if err != nil {
-		return translate(op, err)
-	}
-	if n, _ := res.RowsAffected(); n == 0 {
-		var v int64
-		if err := s.db.QueryRowContext(ctx, s.q.instanceVersion).Scan(&v); errors.Is(err, sql.ErrNoRows) {
-			return &tether.Error{Code: tether.CodeNotFound, Op: op, Message: "no instance identity saved"}
-		}
-		return &tether.Error{Code: tether.CodeConflict, Op: op, Message: "instance identity changed since it was read"}
-	}
-	inst.Version++
-	return nil
+	return err
 }
 
 // Connections.
@@ -285,39 +279,40 @@ func (s *Store) CreateConnection(ctx context.Context, c *tether.Connection, even
 	if err := c.Validate(); err != nil {
 		return err
 	}
-	err := s.inTx(ctx, op, func(tx *sql.Tx) error { return s.create(ctx, tx, op, c, events) })
+	err := s.inTx(ctx, op, func(q querier) error { return s.create(ctx, q, op, c, events) })
 	if err == nil {
 		c.Version = 1
 	}
 	return err
 }
 
-func (s *Store) create(ctx context.Context, tx *sql.Tx, op string, c *tether.Connection, events []tether.Event) error {
+func (s *Store) create(ctx context.Context, q querier, op string, c *tether.Connection, events []tether.Event) error {
 	stored := c.Clone()
 	stored.Version = 1
 	data, err := encodeConn(stored)
 	if err != nil {
 		return err
 	}
-	res, err := tx.ExecContext(ctx, s.q.createConn, c.ID, c.Owner, string(c.Status), string(c.Kind), data)
+	res, err := q.ExecContext(ctx, s.q.createConn, c.ID, c.Owner, string(c.Status), string(c.Kind), data)
 	if err != nil {
 		return err
 	}
 	if n, _ := res.RowsAffected(); n == 0 {
 		return &tether.Error{Code: tether.CodeAlreadyExists, Op: op, Message: "a connection with this ID exists"}
 	}
-	if _, err := tx.ExecContext(ctx, s.q.createOutboxSeq, c.ID); err != nil {
+	// A connection created deleted has its outbox closed from the start.
+	if _, err := q.ExecContext(ctx, s.q.createOutboxSeq, c.ID, c.Status == tether.StatusDeleted); err != nil {
 		return err
 	}
-	if _, err := tx.ExecContext(ctx, s.q.createInbox, c.ID); err != nil {
+	if _, err := q.ExecContext(ctx, s.q.createInbox, c.ID); err != nil {
 		return err
 	}
-	return s.appendEvents(ctx, tx, c.ID, events)
+	return s.appendEvents(ctx, q, c.ID, events)
 }
 
-func (s *Store) appendEvents(ctx context.Context, tx *sql.Tx, id string, events []tether.Event) error {
+func (s *Store) appendEvents(ctx context.Context, q querier, id string, events []tether.Event) error {
 	for _, e := range events {
-		if _, err := tx.ExecContext(ctx, s.q.insertEvent, id, string(e.Type), nanos(e.Time), e.Actor, strings.ToValidUTF8(e.Detail, "\uFFFD")); err != nil {
+		if _, err := q.ExecContext(ctx, s.q.insertEvent, id, string(e.Type), nanos(e.Time), e.Actor, strings.ToValidUTF8(e.Detail, "\uFFFD")); err != nil {
 			return err
 		}
 	}
@@ -327,48 +322,95 @@ func (s *Store) appendEvents(ctx context.Context, tx *sql.Tx, id string, events 
 // UpdateConnection implements tether.Store.
 func (s *Store) UpdateConnection(ctx context.Context, c *tether.Connection, events ...tether.Event) error {
 	const op = "sqlstore: update connection"
-	err := s.inTx(ctx, op, func(tx *sql.Tx) error { return s.update(ctx, tx, op, c, events) })
+	err := s.inTx(ctx, op, func(q querier) error {
+		_, err := s.update(ctx, q, op, c, events, nil)
+		return err
+	})
 	if err == nil {
 		c.Version++
 	}
 	return err
 }
 
-func (s *Store) update(ctx context.Context, tx *sql.Tx, op string, c *tether.Connection, events []tether.Event) error {
+// UpdateAndNotify implements tether.Store. The notice's Created is
+// c.UpdatedAt; on PostgreSQL its append notifies like AppendOutbox's, when
+// the transaction commits. On a connection deleted before, whose outbox is
+// closed, it fails with CodeNotConnected.
+func (s *Store) UpdateAndNotify(ctx context.Context, c *tether.Connection, notice []byte, events ...tether.Event) (int64, error) {
+	const op = "sqlstore: update and notify"
+	if notice == nil {
+		notice = []byte{}
+	}
+	var seq int64
+	err := s.inTx(ctx, op, func(q querier) error {
+		var err error
+		seq, err = s.update(ctx, q, op, c, events, notice)
+		return err
+	})
+	if err != nil {
+		return 0, err
+	}
+	c.Version++
+	c.NoticeSeq = seq
+	return seq, nil
+}
+
+// update replaces c as UpdateConnection does, closing the outbox when c
+// moves to StatusDeleted. With a notice (non-nil) it also appends it to
+// the outbox as a control message, records its number as the stored
+// NoticeSeq and returns it.
+func (s *Store) update(ctx context.Context, q querier, op string, c *tether.Connection, events []tether.Event, notice []byte) (int64, error) {
 	var (
 		version int64
 		data    []byte
 	)
-	err := tx.QueryRowContext(ctx, s.q.getConnForUpdate, c.ID).Scan(&version, &data)
+	err := q.QueryRowContext(ctx, s.q.getConnForUpdate, c.ID).Scan(&version, &data)
 	if errors.Is(err, sql.ErrNoRows) {
-		return notFound(op)
+		return 0, notFound(op)
 	}
 	if err != nil {
-		return err
+		return 0, err
 	}
 	if version != c.Version {
-		return &tether.Error{Code: tether.CodeConflict, Op: op, Message: "connection changed since it was read"}
+		return 0, &tether.Error{Code: tether.CodeConflict, Op: op, Message: "connection changed since it was read"}
 	}
 	old, err := decodeConn(version, data)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	if err := tether.CheckUpdate(old, c); err != nil {
-		return err
+		return 0, err
 	}
 	stored := c.Clone()
 	stored.Version = version + 1
-	if data, err = encodeConn(stored); err != nil {
-		return err
+	var seq int64
+	if notice != nil {
+		if seq, err = s.appendMessage(ctx, q, op, c.ID, notice, c.UpdatedAt, true); err != nil {
+			return 0, err
+		}
+		stored.NoticeSeq = seq
 	}
-	res, err := tx.ExecContext(ctx, s.q.updateConn, c.Owner, string(c.Status), string(c.Kind), data, c.ID, version)
+	if c.Status == tether.StatusDeleted && old.Status != tether.StatusDeleted {
+		// Close first: on PostgreSQL that waits for appends holding the
+		// counter row, so the DELETE's snapshot has their messages.
+		if _, err := q.ExecContext(ctx, s.q.closeOutbox, true, c.ID); err != nil {
+			return 0, err
+		}
+		if _, err := q.ExecContext(ctx, s.q.dropData, c.ID, false); err != nil {
+			return 0, err
+		}
+	}
+	if data, err = encodeConn(stored); err != nil {
+		return 0, err
+	}
+	res, err := q.ExecContext(ctx, s.q.updateConn, c.Owner, string(c.Status), string(c.Kind), data, c.ID, version)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	if n, _ := res.RowsAffected(); n == 0 {
-		return &tether.Error{Code: tether.CodeConflict, Op: op, Message: "connection changed since it was read"}
+		return 0, &tether.Error{Code: tether.CodeConflict, Op: op, Message: "connection changed since it was read"}
 	}
-	return s.appendEvents(ctx, tx, c.ID, events)
+	return seq, s.appendEvents(ctx, q, c.ID, events)
 }
 
 // ConsumeInvitation implements tether.Store.
@@ -382,8 +424,8 @@ func (s *Store) ConsumeInvitation(ctx context.Context, key string, expires time.
 			return err
 		}
 	}
-	err := s.inTx(ctx, op, func(tx *sql.Tx) error {
-		res, err := tx.ExecContext(ctx, s.q.useInvitation, key, nanos(expires))
+	err := s.inTx(ctx, op, func(q querier) error {
+		res, err := q.ExecContext(ctx, s.q.useInvitation, key, nanos(expires))
 		if err != nil {
 			return err
 		}
@@ -392,13 +434,14 @@ func (s *Store) ConsumeInvitation(ctx context.Context, key string, expires time.
 		}
 		// Forget invitations a day past their expiry: they can no longer be
 		// presented, so their keys need not be kept.
-		if _, err := tx.ExecContext(ctx, s.q.purgeInvitations, nanos(s.clock.Now().Add(-24*time.Hour)), key); err != nil {
+		if _, err := q.ExecContext(ctx, s.q.purgeInvitations, nanos(s.clock.Now().Add(-24*time.Hour)), key); err != nil {
 			return err
 		}
 		if c.Version == 0 {
-			return s.create(ctx, tx, op, c, events)
+			return s.create(ctx, q, op, c, events)
 		}
-		return s.update(ctx, tx, op, c, events)
+		_, err = s.update(ctx, q, op, c, events, nil)
+		return err
 	})
 	if err == nil {
 		c.Version++
@@ -413,12 +456,15 @@ func (s *Store) GetConnection(ctx context.Context, id string) (*tether.Connectio
 		version int64
 		data    []byte
 	)
-	err := s.db.QueryRowContext(ctx, s.q.getConn, id).Scan(&version, &data)
-	if errors.Is(err, sql.ErrNoRows) {
-		return nil, notFound(op)
-	}
+	err := s.read(ctx, op, func(q querier) error {
+		err := q.QueryRowContext(ctx, s.q.getConn, id).Scan(&version, &data)
+		if errors.Is(err, sql.ErrNoRows) {
+			return notFound(op)
+		}
+		return err
+	})
 	if err != nil {
-		return nil, translate(op, err)
+		return nil, err
 	}
 	return decodeConn(version, data)
 }
@@ -438,29 +484,32 @@ func (s *Store) ListConnections(ctx context.Context, opts tether.ListOptions) ([
 		}
 	}
 	args = append(args, limit+1)
-	q := s.dialect.rebind(`SELECT version, data FROM tether_connections WHERE ` + strings.Join(where, " AND ") + ` ORDER BY id LIMIT ?`)
-	rows, err := s.db.QueryContext(ctx, q, args...)
-	if err != nil {
-		return nil, "", translate(op, err)
-	}
-	defer rows.Close()
+	query := s.dialect.rebind(`SELECT version, data FROM tether_connections WHERE ` + strings.Join(where, " AND ") + ` ORDER BY id LIMIT ?`)
 	var out []*tether.Connection
-	for rows.Next() {
-		var (
-			version int64
-			data    []byte
-		)
-		if err := rows.Scan(&version, &data); err != nil {
-			return nil, "", translate(op, err)
-		}
-		c, err := decodeConn(version, data)
+	err := s.read(ctx, op, func(q querier) error {
+		rows, err := q.QueryContext(ctx, query, args...)
 		if err != nil {
-			return nil, "", err
+			return err
 		}
-		out = append(out, c)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, "", translate(op, err)
+		defer rows.Close()
+		for rows.Next() {
+			var (
+				version int64
+				data    []byte
+			)
+			if err := rows.Scan(&version, &data); err != nil {
+				return err
+			}
+			c, err := decodeConn(version, data)
+			if err != nil {
+				return err
+			}
+			out = append(out, c)
+		}
+		return rows.Err()
+	})
+	if err != nil {
+		return nil, "", err
 	}
 	if len(out) > limit {
 		out = out[:limit]
@@ -469,9 +518,7 @@ func (s *Store) ListConnections(ctx context.Context, opts tether.ListOptions) ([
 	return out, "", nil
 }
 
-func (s *Store) exists(ctx context.Context, q interface {
-	QueryRowContext(context.Context, string, ...any) *sql.Row
-}, id string) (bool, error) {
+func (s *Store) exists(ctx context.Context, q querier, id string) (bool, error) {
 	var one int
 	err := q.QueryRowContext(ctx, s.q.connExists, id).Scan(&one)
 	if errors.Is(err, sql.ErrNoRows) {
@@ -483,35 +530,39 @@ func (s *Store) exists(ctx context.Context, q interface {
 // ListEvents implements tether.Store.
 func (s *Store) ListEvents(ctx context.Context, connectionID string, after int64, limit int) ([]tether.Event, error) {
 	const op = "sqlstore: list events"
-	rows, err := s.db.QueryContext(ctx, s.q.listEvents, connectionID, after, tether.EventLimit(limit))
-	if err != nil {
-		return nil, translate(op, err)
-	}
-	defer rows.Close()
 	var out []tether.Event
-	for rows.Next() {
-		e := tether.Event{ConnectionID: connectionID}
-		var (
-			typ string
-			t   int64
-		)
-		if err := rows.Scan(&e.Seq, &typ, &t, &e.Actor, &e.Detail); err != nil {
-			return nil, translate(op, err)
-		}
-		e.Type, e.Time = tether.EventType(typ), fromNanos(t)
-		out = append(out, e)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, translate(op, err)
-	}
-	if len(out) == 0 {
-		ok, err := s.exists(ctx, s.db, connectionID)
+	err := s.read(ctx, op, func(q querier) error {
+		rows, err := q.QueryContext(ctx, s.q.listEvents, connectionID, after, tether.EventLimit(limit))
 		if err != nil {
-			return nil, translate(op, err)
+			return err
 		}
-		if !ok {
-			return nil, notFound(op)
+		defer rows.Close()
+		for rows.Next() {
+			e := tether.Event{ConnectionID: connectionID}
+			var (
+				typ string
+				t   int64
+			)
+			if err := rows.Scan(&e.Seq, &typ, &t, &e.Actor, &e.Detail); err != nil {
+				return err
+			}
+			e.Type, e.Time = tether.EventType(typ), fromNanos(t)
+			out = append(out, e)
 		}
+		if err := rows.Close(); err != nil {
+			return err
+		}
+		if len(out) > 0 {
+			return nil
+		}
+		ok, err := s.exists(ctx, q, connectionID)
+		if err == nil && !ok {
+			err = notFound(op)
+		}
+		return err
+	})
+	if err != nil {
+		return nil, err
 	}
 	return out, nil
 }
@@ -521,6 +572,22 @@ func (s *Store) ListEvents(ctx context.Context, connectionID string, after int64
 // AppendOutbox implements tether.Store.
 func (s *Store) AppendOutbox(ctx context.Context, connectionID string, payload []byte, created time.Time) (int64, error) {
 	const op = "sqlstore: append outbox"
+	var seq int64
+	err := s.write(ctx, op, func(q querier) error {
+		var err error
+		seq, err = s.appendMessage(ctx, q, op, connectionID, payload, created, false)
+		return err
+	})
+	if err != nil {
+		return 0, err
+	}
+	return seq, nil
+}
+
+// appendMessage appends a message to an open outbox and returns its
+// number: CodeNotFound when there is no such connection, CodeNotConnected
+// when its outbox is closed.
+func (s *Store) appendMessage(ctx context.Context, q querier, op, id string, payload []byte, created time.Time, control bool) (int64, error) {
 	if payload == nil {
 		payload = []byte{}
 	}
@@ -529,52 +596,75 @@ func (s *Store) AppendOutbox(ctx context.Context, connectionID string, payload [
 		err error
 	)
 	if s.dialect == PostgreSQL {
-		err = s.db.QueryRowContext(ctx, s.q.appendOutbox, connectionID, payload, nanos(created)).Scan(&seq)
+		err = q.QueryRowContext(ctx, s.q.appendOutbox, id, payload, nanos(created), control).Scan(&seq)
 	} else {
-		err = s.db.QueryRowContext(ctx, s.q.appendOutbox, payload, nanos(created), connectionID).Scan(&seq)
+		err = q.QueryRowContext(ctx, s.q.appendOutbox, payload, nanos(created), control, id).Scan(&seq)
 	}
-	if errors.Is(err, sql.ErrNoRows) {
+	if !errors.Is(err, sql.ErrNoRows) {
+		return seq, err
+	}
+	// Nothing appended: the counter row was missing or closed then. A
+	// closed row stays closed; one that is open now was created since.
+	var closed bool
+	err = q.QueryRowContext(ctx, s.q.outboxClosed, id).Scan(&closed)
+	switch {
+	case errors.Is(err, sql.ErrNoRows), err == nil && !closed:
 		return 0, notFound(op)
+	case err != nil:
+		return 0, err
 	}
-	return seq, translate(op, err)
+	return 0, &tether.Error{Code: tether.CodeNotConnected, Op: op, Message: "the connection is deleted"}
 }
 
 // ListOutbox implements tether.Store.
 func (s *Store) ListOutbox(ctx context.Context, connectionID string, after int64, limit int) ([]tether.Message, error) {
 	const op = "sqlstore: list outbox"
-	rows, err := s.db.QueryContext(ctx, s.q.listOutbox, connectionID, after, tether.OutboxLimit(limit))
-	if err != nil {
-		return nil, translate(op, err)
-	}
-	defer rows.Close()
 	var out []tether.Message
-	for rows.Next() {
-		m := tether.Message{ConnectionID: connectionID}
-		var created int64
-		if err := rows.Scan(&m.Seq, &m.Payload, &created); err != nil {
-			return nil, translate(op, err)
+	err := s.read(ctx, op, func(q querier) error {
+		rows, err := q.QueryContext(ctx, s.q.listOutbox, connectionID, after, tether.OutboxLimit(limit))
+		if err != nil {
+			return err
 		}
-		m.Created = fromNanos(created)
-		out = append(out, m)
+		defer rows.Close()
+		for rows.Next() {
+			m := tether.Message{ConnectionID: connectionID}
+			var created int64
+			if err := rows.Scan(&m.Seq, &m.Payload, &created, &m.Control); err != nil {
+				return err
+			}
+			m.Created = fromNanos(created)
+			out = append(out, m)
+		}
+		return rows.Err()
+	})
+	if err != nil {
+		return nil, err
 	}
-	return out, translate(op, rows.Err())
+	return out, nil
 }
 
 // AckOutbox implements tether.Store.
 func (s *Store) AckOutbox(ctx context.Context, connectionID string, upTo int64) error {
-	_, err := s.db.ExecContext(ctx, s.q.ackOutbox, connectionID, upTo)
-	return translate("sqlstore: ack outbox", err)
+	return s.write(ctx, "sqlstore: ack outbox", func(q querier) error {
+		_, err := q.ExecContext(ctx, s.q.ackOutbox, connectionID, upTo)
+		return err
+	})
 }
 
 // InboxCursor implements tether.Store.
 func (s *Store) InboxCursor(ctx context.Context, connectionID string) (int64, error) {
 	const op = "sqlstore: inbox cursor"
 	var pos int64
-	err := s.db.QueryRowContext(ctx, s.q.inboxCursor, connectionID).Scan(&pos)
+	err := s.read(ctx, op, func(q querier) error { return s.inboxCursor(ctx, q, op, connectionID, &pos) })
+	return pos, err
+}
+
+func (s *Store) inboxCursor(ctx context.Context, q querier, op, connectionID string, pos *int64) error {
+	err := q.QueryRowContext(ctx, s.q.inboxCursor, connectionID).Scan(pos)
 	if errors.Is(err, sql.ErrNoRows) {
-		return 0, notFound(op)
+		return notFound(op)
 	}
-	return pos, translate(op, err)
+	return err
 }
 
 // AdvanceInbox implements tether.Store.
@@ -583,29 +673,41 @@ func (s *Store) AdvanceInbox(ctx context.Context, connectionID string, from, to 
 	if to <= from {
 		return &tether.Error{Code: tether.CodeInvalid, Op: op, Message: "the inbox cursor only moves forward"}
 	}
-	res, err := s.db.ExecContext(ctx, s.q.advanceInbox, to, connectionID, from)
-	if err != nil {
-		return translate(op, err)
-	}
-	if n, _ := res.RowsAffected(); n == 0 {
-		if _, err := s.InboxCursor(ctx, connectionID); err != nil {
+	return s.write(ctx, op, func(q querier) error {
+		res, err := q.ExecContext(ctx, s.q.advanceInbox, to, connectionID, from)
+		if err != nil {
 			return err
 		}
-		return &tether.Error{Code: tether.CodeConflict, Op: op, Message: "inbox cursor moved since it was read"}
-	}
-	return nil
+		if n, _ := res.RowsAffected(); n == 0 {
+			var pos int64
+			if err := s.inboxCursor(ctx, q, op, connectionID, &pos); err != nil {
+				return err
+			}
+			return &tether.Error{Code: tether.CodeConflict, Op: op, Message: "inbox cursor moved since it was read"}
+		}
+		return nil
+	})
 }
 
 // DeliverInbox implements tether.AtomicInbox: fn runs inside the
 // transaction that moves the cursor, with the transaction in its context
-// (see Tx), each message in a savepoint. On PostgreSQL the inbox row stays
-// locked meanwhile, so deliveries to one connection are serialized across
-// replicas.
+// (see Tx), each message in a savepoint. The Store's methods called with
+// that context run in the transaction too, each in a savepoint of its
+// own, so that one that fails undoes only its own writes. On PostgreSQL
+// the inbox row stays locked meanwhile, so deliveries to one connection
+// are serialized across replicas.
+//
+// DeliverInbox itself called with such a context fails with CodeInvalid:
+// deliveries do not nest.
 func (s *Store) DeliverInbox(ctx context.Context, connectionID string, from int64, msgs []tether.Message, fn func(ctx context.Context, m tether.Message) error) (int64, error) {
 	const op = "sqlstore: deliver"
+	if s.joined(ctx) != nil {
+		return from, &tether.Error{Code: tether.CodeInvalid, Op: op, Message: "cannot deliver inside another delivery's transaction"}
+	}
 	cursor := from
 	var failed error
-	err := s.inTx(ctx, op, func(tx *sql.Tx) error {
+	err := s.inTx(ctx, op, func(q querier) error {
+		tx := q.(*sql.Tx)
 		var pos int64
 		err := tx.QueryRowContext(ctx, s.q.inboxForUpdate, connectionID).Scan(&pos)
 		if errors.Is(err, sql.ErrNoRows) {
@@ -617,7 +719,7 @@ func (s *Store) DeliverInbox(ctx context.Context, connectionID string, from int6
 		if pos != from {
 			return &tether.Error{Code: tether.CodeConflict, Op: op, Message: "inbox cursor moved since it was read"}
 		}
-		txCtx := context.WithValue(ctx, txKey{}, tx)
+		txCtx := context.WithValue(ctx, txKey{}, &delivery{db: s.db, tx: tx, sem: make(chan struct{}, 1)})
 		for i, m := range msgs {
 			if m.Seq != from+int64(i)+1 {
 				return &tether.Error{Code: tether.CodeInvalid, Op: op, Message: "messages must follow the cursor without gaps"}
@@ -640,8 +742,14 @@ func (s *Store) DeliverInbox(ctx context.Context, connectionID string, from int6
 		if cursor == from {
 			return nil
 		}
-		_, err = tx.ExecContext(ctx, s.q.advanceInbox, cursor, connectionID, from)
-		return err
+		res, err := tx.ExecContext(ctx, s.q.advanceInbox, cursor, connectionID, from)
+		if err != nil {
+			return err
+		}
+		if n, _ := res.RowsAffected(); n == 0 {
+			return &tether.Error{Code: tether.CodeConflict, Op: op, Message: "inbox cursor moved during the delivery"}
+		}
+		return nil
 	})
 	if err != nil {
 		return from, err
@@ -653,35 +761,45 @@ func (s *Store) DeliverInbox(ctx context.Context, connectionID string, from int6
 
 // Lease implements tether.Store.
 func (s *Store) Lease(ctx context.Context, name, holder string, now, until time.Time) (bool, error) {
-	res, err := s.db.ExecContext(ctx, s.q.lease, name, holder, nanos(until), nanos(now))
-	if err != nil {
-		return false, translate("sqlstore: lease", err)
-	}
-	n, err := res.RowsAffected()
-	return n == 1, translate("sqlstore: lease", err)
+	var n int64
+	err := s.write(ctx, "sqlstore: lease", func(q querier) error {
+		res, err := q.ExecContext(ctx, s.q.lease, name, holder, nanos(until), nanos(now))
+		if err != nil {
+			return err
+		}
+		n, err = res.RowsAffected()
+		return err
+	})
+	return n == 1, err
 }
 
 // Release implements tether.Store.
 func (s *Store) Release(ctx context.Context, name, holder string) error {
-	_, err := s.db.ExecContext(ctx, s.q.release, name, holder)
-	return translate("sqlstore: release", err)
+	return s.write(ctx, "sqlstore: release", func(q querier) error {
+		_, err := q.ExecContext(ctx, s.q.release, name, holder)
+		return err
+	})
 }
 
 // RememberNonce implements tether.NonceStore. Every 256th call also
 // forgets the nonces whose time has passed.
 func (s *Store) RememberNonce(ctx context.Context, key string, now, until time.Time) (bool, error) {
-	const op = "sqlstore: remember nonce"
-	if s.nonces.Add(1)%256 == 0 {
-		if _, err := s.db.ExecContext(ctx, s.q.purgeNonces, nanos(now)); err != nil {
-			return false, translate(op, err)
+	purge := s.nonces.Add(1)%256 == 0
+	var n int64
+	err := s.write(ctx, "sqlstore: remember nonce", func(q querier) error {
+		if purge {
+			if _, err := q.ExecContext(ctx, s.q.purgeNonces, nanos(now)); err != nil {
+				return err
+			}
 		}
-	}
-	res, err := s.db.ExecContext(ctx, s.q.nonce, key, nanos(until))
-	if err != nil {
-		return false, translate(op, err)
-	}
-	n, err := res.RowsAffected()
-	return n == 1, translate(op, err)
+		res, err := q.ExecContext(ctx, s.q.nonce, key, nanos(until))
+		if err != nil {
+			return err
+		}
+		n, err = res.RowsAffected()
+		return err
+	})
+	return n == 1, err
 }
 
 // WatchOutbox implements tether.OutboxWatcher. With Config.Listen on

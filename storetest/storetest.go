@@ -16,6 +16,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -50,6 +51,11 @@ func Run(t *testing.T, newStore NewStore) {
 		{"Events", testEvents},
 		{"Outbox", testOutbox},
 		{"OutboxConcurrentAppend", testOutboxConcurrentAppend},
+		{"UpdateAndNotify", testUpdateAndNotify},
+		{"UpdateAndNotifyRejects", testUpdateAndNotifyRejects},
+		{"DeleteClosesOutbox", testDeleteClosesOutbox},
+		{"DeleteRacesAppend", testDeleteRacesAppend},
+		{"KeyChangeFields", testKeyChangeFields},
 		{"Inbox", testInbox},
 		{"Lease", testLease},
 		{"AtomicInbox", testAtomicInbox},
@@ -68,9 +74,11 @@ var base = time.Date(2026, 3, 14, 15, 9, 26, 535_000_000, time.UTC)
 // ConnID returns a valid connection ID that sorts by i.
 func ConnID(i int) string { return fmt.Sprintf("conn_%026d", i) }
 
-// NewConnection returns a valid active peer connection with every field set.
+// NewConnection returns a valid active peer connection with every field
+// set, except NoticeSeq and Version, which the Store assigns.
 func NewConnection(i int) *tether.Connection {
 	key := ed25519.NewKeyFromSeed(make([]byte, 32)).Public().(ed25519.PublicKey)
+	previous := ed25519.NewKeyFromSeed(append(make([]byte, 31), 9)).Public().(ed25519.PublicKey)
 	return &tether.Connection{
 		ID:                ConnID(i),
 		Kind:              tether.KindPeer,
@@ -88,6 +96,9 @@ func NewConnection(i int) *tether.Connection {
 		RemoteInstance:    fmt.Sprintf("inst_%026d", i),
 		RemoteKey:         key,
 		RemoteConnection:  ConnID(1000000 + i),
+		RemotePreviousKey: previous,
+		PendingKeyID:      "BBBBBBBBBBBBBBBB",
+		RemoteStatus:      tether.StatusActive,
 		Invitation:        "AAAAAAAAAAAAAAAAAAAAAA",
 		InvitationExpires: base.Add(72 * time.Hour),
 		ExternalID:        "",
@@ -293,6 +304,7 @@ func testReturnsCopies(t *testing.T, newStore NewStore) {
 	mustCreate(t, s, c)
 	c.Settings["project"] = "CHANGED"
 	c.RemoteKey[0] ^= 0xff
+	c.RemotePreviousKey[0] ^= 0xff
 	got, err := s.GetConnection(ctx, c.ID)
 	if err != nil {
 		t.Fatal(err)
@@ -303,8 +315,9 @@ func testReturnsCopies(t *testing.T, newStore NewStore) {
 		t.Fatalf("store kept a reference to the caller's value (-want +got):\n%s", diff)
 	}
 	got.Settings["project"] = "CHANGED AGAIN"
+	got.RemotePreviousKey[0] ^= 0xff
 	again, _ := s.GetConnection(ctx, c.ID)
-	if again.Settings["project"] != "SUP" {
+	if again.Settings["project"] != "SUP" || !again.RemotePreviousKey.Equal(want.RemotePreviousKey) {
 		t.Fatalf("store returned a reference to its own value")
 	}
 }
@@ -340,6 +353,25 @@ func testUpdate(t *testing.T, newStore NewStore) {
 	}
 }
 
+// rejectedUpdates are changes to an active connection (NewConnection) that
+// an update refuses, with the code it refuses them with.
+var rejectedUpdates = []struct {
+	name   string
+	change func(*tether.Connection)
+	code   tether.Code
+}{
+	{"stale version", func(c *tether.Connection) { c.Version = 7 }, tether.CodeConflict},
+	{"mode", func(c *tether.Connection) { c.Mode = tether.ModeBasic }, tether.CodeModeFixed},
+	{"kind", func(c *tether.Connection) { c.Kind = tether.KindOrg }, tether.CodeInvalid},
+	{"role", func(c *tether.Connection) { c.Role = tether.RoleInitiator }, tether.CodeInvalid},
+	{"created", func(c *tether.Connection) { c.CreatedAt = base.Add(time.Hour) }, tether.CodeInvalid},
+	{"invalid field", func(c *tether.Connection) { c.Description = string([]byte{0xff, 0xfe}) }, tether.CodeInvalid},
+	{"active to pending", func(c *tether.Connection) { c.Status = tether.StatusPending }, tether.CodeInvalidTransition},
+	{"unknown status", func(c *tether.Connection) { c.Status = "frozen" }, tether.CodeInvalid},
+	{"unknown remote status", func(c *tether.Connection) { c.RemoteStatus = "frozen" }, tether.CodeInvalid},
+	{"negative notice seq", func(c *tether.Connection) { c.NoticeSeq = -1 }, tether.CodeInvalid},
+}
+
 func testUpdateRejects(t *testing.T, newStore NewStore) {
 	ctx := context.Background()
 	s := newStore(t)
@@ -350,21 +382,7 @@ func testUpdateRejects(t *testing.T, newStore NewStore) {
 	missing.Version = 1
 	wantCode(t, s.UpdateConnection(ctx, missing), tether.CodeNotFound)
 
-	tests := []struct {
-		name   string
-		change func(*tether.Connection)
-		code   tether.Code
-	}{
-		{"stale version", func(c *tether.Connection) { c.Version = 7 }, tether.CodeConflict},
-		{"mode", func(c *tether.Connection) { c.Mode = tether.ModeBasic }, tether.CodeModeFixed},
-		{"kind", func(c *tether.Connection) { c.Kind = tether.KindOrg }, tether.CodeInvalid},
-		{"role", func(c *tether.Connection) { c.Role = tether.RoleInitiator }, tether.CodeInvalid},
-		{"created", func(c *tether.Connection) { c.CreatedAt = base.Add(time.Hour) }, tether.CodeInvalid},
-		{"invalid field", func(c *tether.Connection) { c.Description = string([]byte{0xff, 0xfe}) }, tether.CodeInvalid},
-		{"active to pending", func(c *tether.Connection) { c.Status = tether.StatusPending }, tether.CodeInvalidTransition},
-		{"unknown status", func(c *tether.Connection) { c.Status = "frozen" }, tether.CodeInvalid},
-	}
-	for _, tc := range tests {
+	for _, tc := range rejectedUpdates {
 		t.Run(tc.name, func(t *testing.T) {
 			u := c.Clone()
 			tc.change(u)
@@ -733,6 +751,14 @@ func testCanceledContext(t *testing.T, newStore NewStore) {
 	if _, err := s.GetConnection(context.Background(), c.ID); tether.ErrorCode(err) != tether.CodeNotFound {
 		t.Errorf("CreateConnection with a canceled context stored the connection (err %v)", err)
 	}
+	u := NewConnection(1)
+	u.Version, u.Status = 1, tether.StatusDeleted
+	if _, err := s.UpdateAndNotify(ctx, u, []byte("deleted")); err == nil {
+		t.Error("UpdateAndNotify with a canceled context succeeded")
+	}
+	if msgs, err := s.ListOutbox(context.Background(), ConnID(1), 0, 0); err != nil || len(msgs) != 0 {
+		t.Errorf("UpdateAndNotify with a canceled context appended %+v (err %v)", msgs, err)
+	}
 }
 
 func testOutbox(t *testing.T, newStore NewStore) {
@@ -801,14 +827,20 @@ func testOutbox(t *testing.T, newStore NewStore) {
 	if got, _ := s.ListOutbox(ctx, ConnID(2), 0, 0); len(got) != 1 || string(got[0].Payload) != "other" {
 		t.Fatalf("acks of one connection touched another: %+v", got)
 	}
-	// Deleted connections keep their outbox readable.
+	// Deleting a connection drops its unacknowledged data messages; its
+	// events stay (testEvents), its outbox refuses more.
 	c, _ := s.GetConnection(ctx, ConnID(2))
 	c.Status = tether.StatusDeleted
 	if err := s.UpdateConnection(ctx, c); err != nil {
 		t.Fatal(err)
 	}
-	if got, _ := s.ListOutbox(ctx, ConnID(2), 0, 0); len(got) != 1 {
-		t.Fatal("outbox of a deleted connection vanished")
+	if got, err := s.ListOutbox(ctx, ConnID(2), 0, 0); err != nil || len(got) != 0 {
+		t.Fatalf("outbox of a deleted connection: %+v, %v; want it empty", got, err)
+	}
+	_, err = s.AppendOutbox(ctx, ConnID(2), []byte("late"), base)
+	wantCode(t, err, tether.CodeNotConnected)
+	if got, _ := s.ListOutbox(ctx, ConnID(1), 0, 0); len(got) != 1 || got[0].Seq != 5 {
+		t.Fatalf("deleting one connection touched another's outbox: %+v", got)
 	}
 }
 
@@ -849,6 +881,299 @@ func indexOf(seqs []int64, q int64) int {
 		}
 	}
 	return -1
+}
+
+func mustAppend(t testing.TB, s tether.Store, id, payload string) int64 {
+	t.Helper()
+	seq, err := s.AppendOutbox(context.Background(), id, []byte(payload), base)
+	if err != nil {
+		t.Fatalf("AppendOutbox(%s, %q): %v", id, payload, err)
+	}
+	return seq
+}
+
+// wantOutbox fails unless the outbox of connection id holds exactly want
+// (their Created aside).
+func wantOutbox(t testing.TB, s tether.Store, id string, want []tether.Message, what string) {
+	t.Helper()
+	got, err := s.ListOutbox(context.Background(), id, 0, tether.MaxOutboxPage)
+	if err != nil {
+		t.Fatalf("%s: ListOutbox(%s): %v", what, id, err)
+	}
+	for i := range want {
+		want[i].ConnectionID = id
+	}
+	if diff := cmp.Diff(want, got, append(cmpOpts, cmpopts.IgnoreFields(tether.Message{}, "Created"))...); diff != "" {
+		t.Fatalf("%s: outbox (-want +got):\n%s", what, diff)
+	}
+}
+
+func data(seq int64, payload string) tether.Message {
+	return tether.Message{Seq: seq, Payload: []byte(payload)}
+}
+
+func control(seq int64, payload string) tether.Message {
+	return tether.Message{Seq: seq, Payload: []byte(payload), Control: true}
+}
+
+// testUpdateAndNotify: a change and the notice telling the peer of it are
+// stored in one step; the notice takes the outbox's next number, between
+// the data messages stored before and after it.
+func testUpdateAndNotify(t *testing.T, newStore NewStore) {
+	ctx := context.Background()
+	s := newStore(t)
+	c := NewConnection(1)
+	mustCreate(t, s, c)
+	mustAppend(t, s, c.ID, "d1")
+
+	c.Status = tether.StatusPaused
+	c.UpdatedAt = base.Add(time.Hour)
+	seq, err := s.UpdateAndNotify(ctx, c, []byte(`{"type":"paused"}`), ev(tether.EventPaused, "paused"))
+	if err != nil {
+		t.Fatalf("UpdateAndNotify: %v", err)
+	}
+	if seq != 2 || c.NoticeSeq != 2 || c.Version != 2 {
+		t.Fatalf("UpdateAndNotify = %d, NoticeSeq %d, Version %d; want 2, 2, 2", seq, c.NoticeSeq, c.Version)
+	}
+	wantStored(t, s, c, "after UpdateAndNotify")
+	if seq := mustAppend(t, s, c.ID, "d3"); seq != 3 {
+		t.Fatalf("the data message after a notice has seq %d, want 3", seq)
+	}
+
+	// A notice without a status change (a key change), with no payload.
+	c.PendingKeyID = "CCCCCCCCCCCCCCCC"
+	seq, err = s.UpdateAndNotify(ctx, c, nil)
+	if err != nil {
+		t.Fatalf("UpdateAndNotify without a status change: %v", err)
+	}
+	if seq != 4 || c.NoticeSeq != 4 || c.Version != 3 {
+		t.Fatalf("UpdateAndNotify = %d, NoticeSeq %d, Version %d; want 4, 4, 3", seq, c.NoticeSeq, c.Version)
+	}
+	wantStored(t, s, c, "after a second UpdateAndNotify")
+	wantOutbox(t, s, c.ID, []tether.Message{data(1, "d1"), control(2, `{"type":"paused"}`), data(3, "d3"), control(4, "")}, "after two notices")
+	evs, err := s.ListEvents(ctx, c.ID, 0, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(evs) != 1 || evs[0].Type != tether.EventPaused {
+		t.Fatalf("events = %+v, want one paused event", evs)
+	}
+
+	// Control messages are acknowledged like data messages.
+	if err := s.AckOutbox(ctx, c.ID, 2); err != nil {
+		t.Fatal(err)
+	}
+	wantOutbox(t, s, c.ID, []tether.Message{data(3, "d3"), control(4, "")}, "after acknowledging 2")
+}
+
+// testUpdateAndNotifyRejects: UpdateAndNotify refuses what UpdateConnection
+// refuses, with the same codes, and then appends nothing.
+func testUpdateAndNotifyRejects(t *testing.T, newStore NewStore) {
+	ctx := context.Background()
+	s := newStore(t)
+	c := NewConnection(1)
+	mustCreate(t, s, c)
+	mustAppend(t, s, c.ID, "d1")
+
+	missing := NewConnection(9)
+	missing.Version = 1
+	_, err := s.UpdateAndNotify(ctx, missing, []byte("notice"))
+	wantCode(t, err, tether.CodeNotFound)
+	for _, tc := range rejectedUpdates {
+		t.Run(tc.name, func(t *testing.T) {
+			u := c.Clone()
+			tc.change(u)
+			version, noticeSeq := u.Version, u.NoticeSeq
+			seq, err := s.UpdateAndNotify(ctx, u, []byte("notice: "+tc.name), ev(tether.EventUpdated, tc.name))
+			wantCode(t, err, tc.code)
+			if seq != 0 || u.Version != version || u.NoticeSeq != noticeSeq {
+				t.Fatalf("a refused UpdateAndNotify returned seq %d and changed the caller's Version %d -> %d, NoticeSeq %d -> %d",
+					seq, version, u.Version, noticeSeq, u.NoticeSeq)
+			}
+		})
+	}
+	wantStored(t, s, c, "after refused notices")
+	wantOutbox(t, s, c.ID, []tether.Message{data(1, "d1")}, "after refused notices")
+	if evs, _ := s.ListEvents(ctx, c.ID, 0, 0); len(evs) != 0 {
+		t.Fatalf("refused notices appended events: %+v", evs)
+	}
+}
+
+// testDeleteClosesOutbox: however a connection comes to be deleted, its
+// unacknowledged data messages go, its control messages stay until
+// acknowledged, and its outbox takes no more data.
+func testDeleteClosesOutbox(t *testing.T, newStore NewStore) {
+	ctx := context.Background()
+	for _, tc := range []struct {
+		name string
+		// del deletes c and returns the number of its notice, if any.
+		del func(s tether.Store, c *tether.Connection) (int64, error)
+	}{
+		{"UpdateConnection", func(s tether.Store, c *tether.Connection) (int64, error) {
+			return 0, s.UpdateConnection(ctx, c, ev(tether.EventDeleted, "deleted"))
+		}},
+		{"UpdateAndNotify", func(s tether.Store, c *tether.Connection) (int64, error) {
+			return s.UpdateAndNotify(ctx, c, []byte("deleted"), ev(tether.EventDeleted, "deleted"))
+		}},
+		{"ConsumeInvitation", func(s tether.Store, c *tether.Connection) (int64, error) {
+			return 0, s.ConsumeInvitation(ctx, "inst_a/jti-deleted", time.Now().Add(time.Hour), c, ev(tether.EventDeleted, "deleted"))
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := newStore(t)
+			c := NewConnection(1)
+			mustCreate(t, s, c)
+			mustAppend(t, s, c.ID, "d1")
+			c.Status = tether.StatusPaused
+			if _, err := s.UpdateAndNotify(ctx, c, []byte("paused")); err != nil {
+				t.Fatal(err)
+			}
+			mustAppend(t, s, c.ID, "d3")
+			mustAppend(t, s, c.ID, "d4")
+			if err := s.AckOutbox(ctx, c.ID, 1); err != nil {
+				t.Fatal(err)
+			}
+
+			c.Status = tether.StatusDeleted
+			notice, err := tc.del(s, c)
+			if err != nil {
+				t.Fatalf("deleting: %v", err)
+			}
+			want := []tether.Message{control(2, "paused")}
+			if tc.name == "UpdateAndNotify" {
+				if notice != 5 || c.NoticeSeq != 5 {
+					t.Fatalf("the deletion's notice has seq %d, NoticeSeq %d; want 5: numbers are not reused", notice, c.NoticeSeq)
+				}
+				want = append(want, control(5, "deleted"))
+			}
+			wantStored(t, s, c, "after deletion")
+			wantOutbox(t, s, c.ID, want, "after deletion")
+
+			_, err = s.AppendOutbox(ctx, c.ID, []byte("late"), base)
+			wantCode(t, err, tether.CodeNotConnected)
+			wantOutbox(t, s, c.ID, want, "after a refused append")
+
+			if err := s.AckOutbox(ctx, c.ID, want[len(want)-1].Seq); err != nil {
+				t.Fatal(err)
+			}
+			wantOutbox(t, s, c.ID, nil, "after acknowledging the notices")
+			// Later updates of the deleted connection leave it closed.
+			c.Health.Failures++
+			if err := s.UpdateConnection(ctx, c); err != nil {
+				t.Fatal(err)
+			}
+			_, err = s.AppendOutbox(ctx, c.ID, []byte("later"), base)
+			wantCode(t, err, tether.CodeNotConnected)
+			wantOutbox(t, s, c.ID, nil, "after updating the deleted connection")
+		})
+	}
+	t.Run("created deleted", func(t *testing.T) {
+		s := newStore(t)
+		c := NewConnection(1)
+		c.Status = tether.StatusDeleted
+		mustCreate(t, s, c)
+		_, err := s.AppendOutbox(ctx, c.ID, []byte("x"), base)
+		wantCode(t, err, tether.CodeNotConnected)
+	})
+}
+
+// testDeleteRacesAppend: appends racing a deletion either come before it
+// (and go with the other data messages) or are refused. None is left
+// behind it: for stores shared by processes, no orphan rows.
+func testDeleteRacesAppend(t *testing.T, newStore NewStore) {
+	ctx := context.Background()
+	s := newStore(t)
+	const appenders, rounds = 20, 6
+	for r := range rounds {
+		notify := r%2 == 0
+		c := NewConnection(r + 1)
+		mustCreate(t, s, c)
+		var (
+			mu       sync.Mutex
+			appended []int64
+			notice   int64
+			deleted  atomic.Bool
+		)
+		errs := race(appenders+1, func(i int) error {
+			if i == appenders {
+				defer deleted.Store(true)
+				c.Status = tether.StatusDeleted
+				if notify {
+					var err error
+					notice, err = s.UpdateAndNotify(ctx, c, []byte("deleted"))
+					return err
+				}
+				return s.UpdateConnection(ctx, c)
+			}
+			for n := 0; ; n++ {
+				after := deleted.Load() // the deletion returned before this append began
+				seq, err := s.AppendOutbox(ctx, c.ID, []byte(fmt.Sprint(i, "/", n)), base)
+				switch {
+				case tether.ErrorCode(err) == tether.CodeNotConnected:
+					return nil
+				case err != nil:
+					return err
+				case after:
+					return fmt.Errorf("an append after the deletion returned got seq %d", seq)
+				}
+				mu.Lock()
+				appended = append(appended, seq)
+				mu.Unlock()
+			}
+		})
+		winners(t, errs, "")
+		var want []tether.Message
+		if notify {
+			want = []tether.Message{control(notice, "deleted")}
+			// Numbers run without gaps, so the notice is last of all.
+			if notice != int64(len(appended))+1 {
+				t.Fatalf("round %d: the deletion's notice has seq %d after %d appends", r, notice, len(appended))
+			}
+		}
+		wantOutbox(t, s, c.ID, want, fmt.Sprintf("round %d (%d appended)", r, len(appended)))
+	}
+}
+
+// testKeyChangeFields: the fields of a key change and of the peer's own
+// status round-trip through Create, Update and Get, set and cleared.
+func testKeyChangeFields(t *testing.T, newStore NewStore) {
+	ctx := context.Background()
+	s := newStore(t)
+	c := NewConnection(1)
+	c.RemotePreviousKey, c.PendingKeyID, c.RemoteStatus = nil, "", ""
+	mustCreate(t, s, c)
+	wantStored(t, s, c, "created without them")
+
+	c.RemotePreviousKey = ed25519.NewKeyFromSeed(append(make([]byte, 31), 7)).Public().(ed25519.PublicKey)
+	c.PendingKeyID = "CCCCCCCCCCCCCCCC"
+	c.RemoteStatus = tether.StatusPaused
+	c.NoticeSeq = 12
+	if err := s.UpdateConnection(ctx, c); err != nil {
+		t.Fatal(err)
+	}
+	wantStored(t, s, c, "set by an update")
+	got, err := s.GetConnection(ctx, c.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	clone := got.Clone()
+	clone.RemotePreviousKey[0] ^= 0xff
+	if !got.RemotePreviousKey.Equal(c.RemotePreviousKey) {
+		t.Fatal("Clone shares RemotePreviousKey")
+	}
+
+	c.RemotePreviousKey, c.PendingKeyID, c.RemoteStatus = nil, "", tether.StatusActive
+	if err := s.UpdateConnection(ctx, c); err != nil {
+		t.Fatal(err)
+	}
+	wantStored(t, s, c, "cleared by an update")
+
+	bad := NewConnection(2)
+	bad.RemoteStatus = "frozen"
+	wantCode(t, s.CreateConnection(ctx, bad), tether.CodeInvalid)
+	bad = NewConnection(2)
+	bad.NoticeSeq = -1
+	wantCode(t, s.CreateConnection(ctx, bad), tether.CodeInvalid)
 }
 
 func testInbox(t *testing.T, newStore NewStore) {

@@ -387,7 +387,13 @@ func run(ctx context.Context, out io.Writer, opts options) error {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(out, "   a message sent while paused waits in the outbox: %d queued\n", len(queued))
+	waiting := 0
+	for _, m := range queued {
+		if !m.Control { // the pause notice travels in the outbox too
+			waiting++
+		}
+	}
+	fmt.Fprintf(out, "   a message sent while paused waits in the outbox: %d queued\n", waiting)
 	if _, err := support.Activate(admin, conn.ID); err != nil {
 		return err
 	}

@@ -2,6 +2,7 @@ package tether_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -196,4 +197,47 @@ func visible(s string) string {
 		}
 	}
 	return ""
+}
+
+// FuzzNotice has an authenticated peer push arbitrary control messages:
+// whatever the payload, the node answers (signed), never fails internally,
+// and leaves a connection that passes Validate; a notice it cannot apply is
+// not acknowledged.
+func FuzzNotice(f *testing.F) {
+	for _, s := range []string{
+		`{"type":"paused"}`, `{"type":"activated"}`, `{"type":"deleted"}`, `{"type":"rekey"}`,
+		`{"type":"rekey","key":"AAAA","proof":"AAAA"}`, `{"type":"later"}`, `null`, `[]`, `{`, ``,
+	} {
+		f.Add([]byte(s))
+	}
+	w := newWorld(f)
+	alpha, beta := w.node("alpha", alphaURL), w.node("beta", "")
+	aid, _ := connect(f, alpha, beta, "")
+	ctx := context.Background()
+	f.Fuzz(func(t *testing.T, payload []byte) {
+		if alpha.get(t, aid).Status == tether.StatusDeleted {
+			aid, _ = connect(t, alpha, beta, "")
+		}
+		cursor, err := alpha.store.InboxCursor(ctx, aid)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, err := json.Marshal(map[string]any{"messages": []map[string]any{{"seq": cursor + 1, "payload": payload, "control": true}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp, err := alpha.Handle(ctx, tether.SignRequest(beta.Node, alphaURL, tether.OpPush, aid, body))
+		if err != nil || resp == nil || resp.Code == tether.CodeInternal {
+			t.Fatalf("answer to a signed push: %+v, %v", resp, err)
+		}
+		c := alpha.get(t, aid)
+		if err := c.Validate(); err != nil {
+			t.Fatalf("the notice left an invalid connection: %v", err)
+		}
+		var reply struct{ Acked int64 }
+		_ = json.Unmarshal(resp.Body, &reply)
+		if now, _ := alpha.store.InboxCursor(ctx, aid); reply.Acked != now {
+			t.Fatalf("answered acked %d, inbox cursor at %d", reply.Acked, now)
+		}
+	})
 }

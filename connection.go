@@ -61,6 +61,7 @@ const (
 //	Pending  --revoke/expire-> Deleted
 //	Active   --pause--------> Paused --activate--> Active
 //	Active   --auth_lost----> Inactive --reauthorize--> Active
+//	Paused   --auth_lost----> Inactive
 //	any but Deleted --delete--> Deleted
 func Next(from Status, action Action) (Status, bool) {
 	if action == ActionDelete {
@@ -82,8 +83,11 @@ func Next(from Status, action Action) (Status, bool) {
 			return StatusInactive, true
 		}
 	case StatusPaused:
-		if action == ActionActivate {
+		switch action {
+		case ActionActivate:
 			return StatusActive, true
+		case ActionAuthLost:
+			return StatusInactive, true
 		}
 	case StatusInactive:
 		if action == ActionReauthorize {

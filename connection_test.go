@@ -25,6 +25,7 @@ func TestTransitionTable(t *testing.T) {
 		"active/auth_lost":     tether.StatusInactive,
 		"active/delete":        tether.StatusDeleted,
 		"paused/activate":      tether.StatusActive,
+		"paused/auth_lost":     tether.StatusInactive,
 		"paused/delete":        tether.StatusDeleted,
 		"inactive/reauthorize": tether.StatusActive,
 		"inactive/delete":      tether.StatusDeleted,

@@ -142,8 +142,8 @@ func ExampleNext() {
 }
 
 // Transition is the lifecycle seam for adapters: here credentials stop
-// working and come back, the way the oauth package drives an org
-// connection.
+// working, the way the oauth package drives an org connection. A peer
+// connection is not trusted again by a transition: Reauthorize re-pairs it.
 func ExampleNode_Transition() {
 	ctx := context.Background()
 	network := tethertest.NewNetwork()
@@ -159,10 +159,90 @@ func ExampleNode_Transition() {
 	fmt.Println(c.Status)
 	_, err := alpha.Transition(ctx, conn.ID, tether.ActionPause, "")
 	fmt.Println(tether.ErrorCode(err))
-	c, _ = alpha.Transition(ctx, conn.ID, tether.ActionReauthorize, "signed in again")
-	fmt.Println(c.Status)
+	_, err = alpha.Transition(ctx, conn.ID, tether.ActionReauthorize, "signed in again")
+	fmt.Println(tether.ErrorCode(err))
 	// Output:
 	// inactive
 	// invalid_transition
-	// active
+	// invalid
+}
+
+// A host that fears its partner's key is compromised revokes it, and
+// re-pairs the connection with a fresh code once the partner is safe
+// again: settings, history and queued messages stay.
+func ExampleNode_Reauthorize() {
+	ctx := context.Background()
+	network := tethertest.NewNetwork()
+	alpha, _ := tether.Open(ctx, tether.Config{Store: memstore.New(), Endpoint: "https://alpha.example.com/t", Transport: network.Transport("alpha")})
+	defer network.Listen(alpha.Endpoint(), alpha)()
+	beta, _ := tether.Open(ctx, tether.Config{Store: memstore.New(), Transport: network.Transport("beta")})
+	conn, code, _ := alpha.Initiate(ctx, tether.InitiateRequest{Mode: tether.ModeBasic, LocalName: "A", RemoteName: "B", Name: "A to B"})
+	bconn, err := beta.Accept(ctx, code, tether.AcceptOptions{})
+	if err != nil {
+		log.Fatal(err)
+	}
+
+	c, _ := alpha.RevokePeerKey(ctx, conn.ID, "the partner's server was breached")
+	fmt.Println("revoked:", c.Status)
+
+	// The partner rotates its key, then accepts the re-pairing code,
+	// passed to its administrator out of band.
+	if err := beta.RotateKey(ctx, 0); err != nil {
+		log.Fatal(err)
+	}
+	_, code, _ = alpha.Reauthorize(ctx, conn.ID)
+	if _, err := beta.Accept(ctx, code, tether.AcceptOptions{}); err != nil {
+		log.Fatal(err)
+	}
+	c, _ = alpha.Get(ctx, conn.ID)
+	fmt.Println("re-paired:", c.Status, tether.KeyID(c.RemoteKey) == beta.Fingerprint())
+	bc, _ := beta.Get(ctx, bconn.ID)
+	fmt.Println("same connection on the other side:", bc.ID == bconn.ID, bc.Status)
+	// Output:
+	// revoked: inactive
+	// re-paired: active true
+	// same connection on the other side: true active
+}
+
+// RotateKey replaces the instance's key; each peer learns the new key from
+// a notice signed with the key it trusts, and the connection signs with
+// the new key once its peer has acknowledged it (here, after Run's first
+// delivery).
+func ExampleNode_RotateKey() {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	network := tethertest.NewNetwork()
+	alpha, _ := tether.Open(ctx, tether.Config{Store: memstore.New(), Endpoint: "https://alpha.example.com/t", Transport: network.Transport("alpha")})
+	defer network.Listen(alpha.Endpoint(), alpha)()
+	beta, _ := tether.Open(ctx, tether.Config{Store: memstore.New(), Transport: network.Transport("beta")})
+	conn, code, _ := alpha.Initiate(ctx, tether.InitiateRequest{Mode: tether.ModeBasic, LocalName: "A", RemoteName: "B", Name: "A to B"})
+	bconn, err := beta.Accept(ctx, code, tether.AcceptOptions{})
+	if err != nil {
+		log.Fatal(err)
+	}
+	old := alpha.Fingerprint()
+	if err := alpha.RotateKey(ctx, 0); err != nil {
+		log.Fatal(err)
+	}
+	go alpha.Run(ctx)
+	go beta.Run(ctx)
+	for {
+		b, _ := beta.Get(ctx, bconn.ID)
+		a, _ := alpha.Get(ctx, conn.ID)
+		if tether.KeyID(b.RemoteKey) == alpha.Fingerprint() && a.LocalKeyID == alpha.Fingerprint() {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	fmt.Println("new key:", alpha.Fingerprint() != old)
+	events, _ := beta.Events(ctx, bconn.ID, 0, 0)
+	for _, e := range events {
+		if e.Type == tether.EventKeyChanged {
+			fmt.Println(e.Type, "by", e.Actor) // the first: the notice applied
+			break
+		}
+	}
+	// Output:
+	// new key: true
+	// key_changed by remote
 }

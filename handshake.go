@@ -163,6 +163,9 @@ func (n *Node) Accept(ctx context.Context, code string, opts AcceptOptions) (*Co
 	case inv.Issuer == ks.instance:
 		return nil, &Error{Code: CodeInvalid, Op: op, Message: "an instance cannot accept its own invitation"}
 	}
+	if inv.Repairs != "" {
+		return n.acceptRepair(ctx, op, code, inv)
+	}
 	if opts.Owner != "" {
 		if err := checkText("Owner", opts.Owner, 0, MaxOwnerLen); err != nil {
 			return nil, withOp(op, err)
@@ -764,6 +767,9 @@ func (n *Node) handleAccept(ctx context.Context, req *Request) (*Response, error
 		if err != nil {
 			return refuse(withOp(op, err))
 		}
+	}
+	if inv.Repairs != "" {
+		return n.handleRepair(ctx, op, inv, &body, key, claims, refuse)
 	}
 	if body.Connection != derivedID("conn", inv.IssuedAt, inv.Issuer, inv.ID) {
 		return refuse(&Error{Code: CodeProtocol, Op: op, Message: "the acceptor's connection ID does not derive from the invitation"})

@@ -57,6 +57,11 @@ type Invitation struct {
 	// private).
 	Destination string
 
+	// Repairs, when set, makes the code a re-pairing code (Node.Reauthorize):
+	// accepting it re-pins the keys of an existing connection, the
+	// acceptor's with this ID, instead of creating one.
+	Repairs string
+
 	IssuedAt  time.Time
 	NotBefore time.Time
 	ExpiresAt time.Time
@@ -82,6 +87,7 @@ type invitationClaims struct {
 	Mode          Mode   `json:"mode"`
 	Endpoint      string `json:"ep,omitempty"`
 	Key           string `json:"key"`
+	Repairs       string `json:"rep,omitempty"`
 }
 
 // encodeInvitation signs inv with key and wraps it as a code.
@@ -104,6 +110,7 @@ func encodeInvitation(inv *Invitation, key InstanceKey) (string, error) {
 		Mode:          inv.Mode,
 		Endpoint:      inv.Endpoint,
 		Key:           base64.RawURLEncoding.EncodeToString(key.Public()),
+		Repairs:       inv.Repairs,
 	}
 	s, err := wire.Sign(wire.TypInvitation, wireKey(key), &c)
 	if err != nil {
@@ -274,6 +281,7 @@ func (c *invitationClaims) invitation(op string, now time.Time) (*Invitation, er
 		checkText("asn", c.AcceptorName, 1, MaxShortNameLen),
 		checkURLSyntax("ep", c.Endpoint, true),
 		checkURLSyntax("aud", c.Audience, true),
+		checkOptionalID("rep", c.Repairs),
 	} {
 		if err != nil {
 			e := err.(*Error)
@@ -298,6 +306,7 @@ func (c *invitationClaims) invitation(op string, now time.Time) (*Invitation, er
 		AcceptorName:  c.AcceptorName,
 		Mode:          c.Mode,
 		Endpoint:      c.Endpoint,
+		Repairs:       c.Repairs,
 		Destination:   c.Audience,
 		IssuedAt:      iat,
 		NotBefore:     nbf,
@@ -313,4 +322,12 @@ func (c *invitationClaims) invitation(op string, now time.Time) (*Invitation, er
 // node's clock.
 func ParseInvitation(code string, now time.Time) (*Invitation, error) {
 	return newInvitationParser().decode("tether: parse invitation", code, now, nil)
+}
+
+// checkOptionalID is checkID for a field that may be empty.
+func checkOptionalID(field, id string) error {
+	if id == "" {
+		return nil
+	}
+	return checkID(field, id)
 }

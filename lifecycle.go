@@ -251,6 +251,12 @@ func (n *Node) Transition(ctx context.Context, id string, action Action, detail 
 	if err := checkText("detail", detail, 0, MaxDescriptionLen); err != nil {
 		return nil, withOp(op, err)
 	}
+	if action == ActionReauthorize {
+		if c, err := n.store.GetConnection(ctx, id); err == nil && c.Kind == KindPeer {
+			// Trusting the revoked key again is not a recovery.
+			return nil, &Error{Code: CodeInvalid, Op: op, Message: "a peer connection is re-paired with Reauthorize, which pins new keys"}
+		}
+	}
 	c, err := n.act(ctx, op, id, action, detail)
 	if err == nil {
 		n.later(ctx, func() {

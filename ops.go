@@ -112,8 +112,9 @@ func refused(op string) error {
 type authenticated struct {
 	conn   *Connection
 	claims *wire.Claims
-	// late is a clock error: the request is authentic but dated outside
-	// ClockSkew. It is refused, signed, so the peer learns why.
+	// late is why an authentic request is refused, signed, so the peer
+	// learns why: dated outside ClockSkew, or signed with a key this side
+	// revoked.
 	late error
 	// withKey puts this side's key in the answer's token, for a requester
 	// that does not know it yet.
@@ -165,6 +166,16 @@ func (n *Node) authenticate(ctx context.Context, op string, req *Request) (*auth
 	}
 	if err != nil || claims.Issuer != c.RemoteInstance || !n.fresh(ctx, claims.Issuer, claims.ID, now) {
 		return nil, refused(op)
+	}
+	if revoked(c) && req.Op != OpPoll {
+		// The host revoked this key: nothing signed with it is applied. The
+		// refusal is signed, so the peer holds its messages instead of
+		// retrying at once. A poll may still name the connection: it is
+		// served nothing (handlePoll).
+		return &authenticated{conn: c, claims: claims, late: &Error{
+			Code: CodePaused, Op: op, RetryAfter: n.pausedRetry,
+			Message: "the connection is inactive: this side revoked the key it was signed with; ask for a re-pairing code",
+		}}, nil
 	}
 	if current && c.RemotePreviousKey != nil {
 		// The peer signs with its new key: it knows this side has it.

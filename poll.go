@@ -113,7 +113,7 @@ func (n *Node) pollOnce(ctx context.Context, p *puller) error {
 			n.notifyChanged()
 			continue
 		}
-		if c.Status == StatusPending {
+		if c.Status == StatusPending || revoked(c) {
 			continue
 		}
 		cursor, err := n.store.InboxCursor(ctx, id)
@@ -248,6 +248,9 @@ func (n *Node) handlePoll(ctx context.Context, req *Request) (*Response, error) 
 	}
 	now := n.clock.Now()
 	for i, pc := range body.Connections {
+		if revoked(conns[i]) {
+			continue // its key is revoked: no acknowledgement is trusted
+		}
 		if err := n.ackPolled(ctx, conns[i], pc.Cursor, now); err != nil {
 			return nil, Wrap(CodeUnavailable, op, err)
 		}
@@ -334,6 +337,9 @@ func (n *Node) pollBatches(ctx context.Context, polled []pollCursor) (pollReply,
 			return reply, err
 		}
 		b := pollBatch{ID: pc.ID, Status: pollActive}
+		if revoked(c) {
+			continue // served nothing until it is re-paired
+		}
 		switch c.Status {
 		case StatusDeleted:
 			// The deletion is durable here: every poll hears it, so the

@@ -84,6 +84,13 @@ func (n *Node) pushLoop(ctx context.Context, id string, peerPaused func()) {
 			n.forget(id) // nothing left to tell the peer
 			return
 		}
+		if revoked(c) {
+			// Its answers cannot be trusted: wait for a re-pairing.
+			if !n.idle(ctx, wake) {
+				return
+			}
+			continue
+		}
 		// Take the lease, or renew it once half of it has passed.
 		now := n.clock.Now()
 		if now.After(leaseUntil.Add(-n.leaseTTL / 2)) {

@@ -120,12 +120,13 @@
 //	   |                  |   \--auth lost--> Inactive --reauthorize--> Active
 //	   |--expire/revoke-> Deleted <--delete-- (any but Deleted)
 //
-// Paused connections keep their queue on both sides (the peer is answered
-// "paused, retry later") and resume where they stopped; Deleted ones stay
-// readable with their history, and the peer is told and stops; their
-// undelivered messages are dropped. The configuration mode (Basic, Visual,
-// Script) is fixed at creation. Every change appends an Event to the
-// connection's history, in the same atomic step.
+// A paused connection can lose its credentials too (Paused --auth lost-->
+// Inactive). Paused connections keep their queue on both sides (the peer
+// is answered "paused, retry later") and resume where they stopped;
+// Deleted ones stay readable with their history, and the peer is told and
+// stops; their undelivered messages are dropped. The configuration mode
+// (Basic, Visual, Script) is fixed at creation. Every change appends an
+// Event to the connection's history, in the same atomic step.
 //
 // # Lifecycle news
 //
@@ -156,6 +157,14 @@
 // is away, and is dropped only once no connection uses it and its overlap
 // for pending invitations has passed. Nodes sharing a Store re-read the
 // keys every second, and at once when a request names a key they lack.
+//
+// A host that fears its partner's key is compromised calls
+// Node.RevokePeerKey: the connection becomes Inactive, nothing signed with
+// that key is applied, and work waits on both sides. Node.Reauthorize, on
+// the public side, issues a re-pairing code that the partner accepts with
+// Node.Accept, out of band like an invitation: both sides pin each other's
+// current key on the same connections, which keep their settings, history
+// and queues.
 //
 // # Receivers that write
 //

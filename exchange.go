@@ -41,7 +41,7 @@ func (n *Node) call(ctx context.Context, op string, r request) ([]byte, *wire.Cl
 		return nil, nil, &Error{Code: CodeUnavailable, Op: op, Message: "no transport configured"}
 	}
 	if inDelivery(ctx) {
-		return nil, nil, &Error{Code: CodeInvalid, Op: op, Message: "cannot wait on a peer from inside a Receiver, which holds the store's transaction: do it after Receive returns"}
+		return nil, nil, errInDelivery(op)
 	}
 	nonce, err := randomToken(n.rand)
 	if err != nil {

@@ -163,6 +163,11 @@ func (n *Node) Accept(ctx context.Context, code string, opts AcceptOptions) (*Co
 	case inv.Issuer == ks.instance:
 		return nil, &Error{Code: CodeInvalid, Op: op, Message: "an instance cannot accept its own invitation"}
 	}
+	if inDelivery(ctx) && inv.Endpoint != "" {
+		// The initiator must be called: not while the Receiver holds the
+		// store's transaction. Nothing is stored, so the code stays good.
+		return nil, errInDelivery(op)
+	}
 	if inv.Repairs != "" {
 		return n.acceptRepair(ctx, op, code, inv)
 	}
@@ -431,6 +436,9 @@ func (n *Node) presentInvitation(ctx context.Context, op, code string, c *Connec
 // first error it met (it carries on past errors with the other
 // connections).
 func (n *Node) Sync(ctx context.Context) error {
+	if inDelivery(ctx) {
+		return errInDelivery("tether: sync")
+	}
 	var first error
 	opts := ListOptions{Status: StatusPending, Kind: KindPeer, Limit: MaxPageSize}
 	for {

@@ -177,6 +177,7 @@ func (n *Node) RotateKey(ctx context.Context, overlap time.Duration) error {
 	if overlap <= 0 {
 		overlap = n.ttl + InvitationLeeway
 	}
+	var ks *keySet
 	err := retryOnConflict(func() error {
 		inst, err := n.store.LoadInstance(ctx)
 		if err != nil {
@@ -191,13 +192,15 @@ func (n *Node) RotateKey(ctx context.Context, overlap time.Duration) error {
 		if err := n.store.SaveInstance(ctx, next); err != nil {
 			return err
 		}
-		n.keys.Store(newKeySet(next))
+		ks = newKeySet(next)
+		// Inside a Receiver the save commits with the delivery, or not.
+		n.later(ctx, func() { n.useKeys(next) })
 		return nil
 	})
 	if err != nil {
 		return n.fail(ctx, op, err)
 	}
-	return n.fail(ctx, op, n.keySweep(ctx))
+	return n.fail(ctx, op, n.keySweep(ctx, ks))
 }
 
 // keySweep moves every connection that does not sign with the current key
@@ -205,9 +208,7 @@ func (n *Node) RotateKey(ctx context.Context, overlap time.Duration) error {
 // keys that are past their overlap and that no connection uses any more.
 // Run calls it now and then while retired keys exist, so connections
 // accepted on an older key, or left behind by a crash, follow too.
-func (n *Node) keySweep(ctx context.Context) error {
-	const op = "tether: key sweep"
-	ks := n.keys.Load()
+func (n *Node) keySweep(ctx context.Context, ks *keySet) error {
 	used := map[string]bool{}
 	opts := ListOptions{Kind: KindPeer, Limit: MaxPageSize}
 	for {
@@ -249,15 +250,13 @@ func (n *Node) keySweep(ctx context.Context) error {
 				keep = append(keep, k)
 			}
 		}
-		if len(keep) == len(inst.Keys) {
-			n.useKeys(inst)
-			return nil
+		if len(keep) < len(inst.Keys) {
+			inst.Keys = keep
+			if err := n.store.SaveInstance(ctx, inst); err != nil {
+				return err
+			}
 		}
-		inst.Keys = keep
-		if err := n.store.SaveInstance(ctx, inst); err != nil {
-			return err
-		}
-		n.useKeys(inst)
+		n.later(ctx, func() { n.useKeys(inst) })
 		return nil
 	})
 }

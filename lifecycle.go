@@ -124,7 +124,11 @@ func (n *Node) RevokeInvitation(ctx context.Context, id string) (*Connection, er
 		// destination, which waits for it: tell it, best effort (it gives
 		// up by itself at the invitation's expiry otherwise).
 		if inDelivery(ctx) {
-			n.later(ctx, func() { n.withdrawInvitation(context.WithoutCancel(ctx), c) })
+			n.later(ctx, func() {
+				dctx, cancel := n.detached()
+				defer cancel()
+				n.withdrawInvitation(dctx, c)
+			})
 		} else {
 			n.withdrawInvitation(ctx, c)
 		}

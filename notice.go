@@ -143,11 +143,14 @@ func (n *Node) applyNotice(ctx context.Context, id string, payload []byte) error
 // acknowledged records that the peer has connection c's outbox up to upTo:
 // the messages leave the outbox, and a key change the peer has now applied
 // takes effect.
-func (n *Node) acknowledged(ctx context.Context, c *Connection, upTo int64) error {
+//
+// c may have been read before the batch acknowledged was: fresh says it
+// was not (a poll's), and a batch that carried a notice has c read again.
+func (n *Node) acknowledged(ctx context.Context, c *Connection, upTo int64, fresh bool) error {
 	if err := n.store.AckOutbox(ctx, c.ID, upTo); err != nil {
 		return err
 	}
-	if c.PendingKeyID == "" || upTo < c.NoticeSeq {
+	if fresh && (c.PendingKeyID == "" || upTo < c.NoticeSeq) {
 		return nil
 	}
 	_, err := n.edit(WithActor(ctx, ActorSystem), "tether: key change acknowledged", c.ID, func(c *Connection) (*Event, error) {
@@ -216,7 +219,8 @@ type afterCommit struct {
 }
 
 // later runs f after the delivery transaction ctx belongs to commits, or
-// now when ctx belongs to none.
+// now when ctx belongs to none. f must not use ctx for store or network
+// calls: the transaction it carries has ended by then (see detached).
 func (n *Node) later(ctx context.Context, f func()) {
 	if a, ok := ctx.Value(laterKey{}).(*afterCommit); ok {
 		a.mu.Lock()
@@ -241,4 +245,17 @@ func (a *afterCommit) take() []func() {
 func inDelivery(ctx context.Context) bool {
 	_, ok := ctx.Value(laterKey{}).(*afterCommit)
 	return ok
+}
+
+// errInDelivery is the refusal of a call that would wait on a peer while
+// a Receiver holds the store's transaction.
+func errInDelivery(op string) error {
+	return &Error{Code: CodeInvalid, Op: op, Message: "cannot wait on a peer from inside a Receiver, which holds the store's transaction: do it after Receive returns"}
+}
+
+// detached returns a context for work done after a delivery's transaction
+// committed: none of ctx's values (its transaction among them), bounded by
+// the request timeout.
+func (n *Node) detached() (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.Background(), n.timeout)
 }

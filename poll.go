@@ -314,7 +314,7 @@ func (n *Node) ackPolled(ctx context.Context, c *Connection, cursor int64, now t
 	if cursor <= m.cursor.Load() {
 		return nil
 	}
-	if err := n.acknowledged(ctx, c, cursor); err != nil {
+	if err := n.acknowledged(ctx, c, cursor, true); err != nil {
 		return err
 	}
 	for last := m.cursor.Load(); cursor > last && !m.cursor.CompareAndSwap(last, cursor); last = m.cursor.Load() {

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"math"
+	"slices"
 	"strconv"
 	"time"
 )
@@ -133,7 +134,8 @@ func (n *Node) pushLoop(ctx context.Context, id string, peerPaused func()) {
 		if acked > 0 && ErrorCode(err) != CodeGone {
 			// What the peer applied is acknowledged, even when it took
 			// less than the whole batch.
-			if aerr := n.acknowledged(ctx, c, acked); err == nil {
+			notice := slices.ContainsFunc(msgs, func(m Message) bool { return m.Control && m.Seq <= acked })
+			if aerr := n.acknowledged(ctx, c, acked, !notice); err == nil {
 				err = aerr
 			}
 		}

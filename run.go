@@ -95,7 +95,7 @@ func (n *Node) keyLoop(ctx context.Context) {
 		if now := n.clock.Now(); len(ks.verify) > 1 && now.Sub(swept) >= rescanInterval || ks.version != n.swept.Load() {
 			swept = now
 			n.swept.Store(ks.version)
-			if err := n.keySweep(ctx); err != nil && ctx.Err() == nil {
+			if err := n.keySweep(ctx, ks); err != nil && ctx.Err() == nil {
 				n.log.WarnContext(ctx, "tether: move connections to the current key", "err", err)
 			}
 		}

@@ -209,6 +209,16 @@ func (n *Node) RotateKey(ctx context.Context, overlap time.Duration) error {
 // Run calls it now and then while retired keys exist, so connections
 // accepted on an older key, or left behind by a crash, follow too.
 func (n *Node) keySweep(ctx context.Context, ks *keySet) error {
+	// Another node sharing the Store may have rotated since ks was read:
+	// moving connections to an older key would undo its work.
+	inst, err := n.store.LoadInstance(ctx)
+	if err != nil {
+		return err
+	}
+	if inst.Version > ks.version && inst.validate() == nil {
+		ks = newKeySet(inst)
+		n.later(ctx, func() { n.useKeys(inst) })
+	}
 	used := map[string]bool{}
 	opts := ListOptions{Kind: KindPeer, Limit: MaxPageSize}
 	for {

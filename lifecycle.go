@@ -191,7 +191,12 @@ func (n *Node) editWith(ctx context.Context, op, id string, change func(*Connect
 			return err
 		}
 		e := *ev
-		n.later(ctx, func() { n.emit(id, e) })
+		n.later(ctx, func() {
+			n.emit(id, e)
+			if nt != nil {
+				n.signal(id) // a notice to deliver
+			}
+		})
 		out = c
 		return nil
 	})

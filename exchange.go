@@ -12,6 +12,7 @@ import (
 	"unicode"
 	"unicode/utf8"
 
+	"github.com/golang-jwt/jwt/v5"
 	"github.com/tetherkit/tether/internal/wire"
 )
 
@@ -168,7 +169,7 @@ func (n *Node) exchange(ctx context.Context, op string, c *Connection, o Op, bod
 	current := false
 	resp, _, err := n.call(ctx, op, request{
 		endpoint: c.RemoteURL, op: o, sub: c.RemoteConnection, body: body, key: key,
-		answeredBy: peerKeys(op, c, &current),
+		answeredBy: n.answerKeys(ctx, op, c, &current),
 	})
 	if err == nil && current && c.RemotePreviousKey != nil && c.ID != "" {
 		n.peerUsesNewKey(ctx, c)
@@ -177,6 +178,24 @@ func (n *Node) exchange(ctx context.Context, op string, c *Connection, o Op, bod
 		return err
 	}
 	return decodeBody(op, resp, n.MaxBody(), reply)
+}
+
+// answerKeys is peerKeys for the answers to requests on c, which may have
+// been read before the peer's latest key change was applied: a key that
+// does not match has the connection read again.
+func (n *Node) answerKeys(ctx context.Context, op string, c *Connection, current *bool) wire.KeyLookup {
+	return func(kid string, cl jwt.Claims) (ed25519.PublicKey, error) {
+		k, err := peerKeys(op, c, current)(kid, cl)
+		if err == nil || c.ID == "" {
+			return k, err
+		}
+		fresh, ferr := n.store.GetConnection(ctx, c.ID)
+		if ferr != nil || fresh.RemoteKey.Equal(c.RemoteKey) && fresh.RemotePreviousKey.Equal(c.RemotePreviousKey) {
+			return nil, err
+		}
+		*c = *fresh // the caller's view follows: it may clear the previous key
+		return peerKeys(op, c, current)(kid, cl)
+	}
 }
 
 // signingKey returns the key c's peer has pinned for this side.

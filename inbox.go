@@ -85,10 +85,15 @@ func (n *Node) deliverLocked(ctx context.Context, id string, msgs []Message, aft
 				if err = receive(ctx, m); err != nil {
 					break
 				}
-				if err = n.store.AdvanceInbox(ctx, id, cursor, m.Seq); err != nil {
+				// The Receiver took it: record that even if ctx ends now,
+				// or the message would be handed over again.
+				if err = n.store.AdvanceInbox(context.WithoutCancel(ctx), id, cursor, m.Seq); err != nil {
 					break
 				}
 				cursor = m.Seq
+				if ctx.Err() != nil {
+					return cursor, contextError("tether: deliver", ctx.Err())
+				}
 			}
 		}
 		switch {
@@ -120,14 +125,16 @@ type pendingWork struct {
 }
 
 // nextRun returns the messages of msgs (ascending Seq) that follow cursor
-// without a gap.
+// without a gap, except before a control message: a sender that deletes a
+// connection drops its undelivered data, and its notices follow the hole.
 func nextRun(msgs []Message, cursor int64) []Message {
 	i := 0
 	for i < len(msgs) && msgs[i].Seq <= cursor {
 		i++
 	}
-	j := i
-	for j < len(msgs) && msgs[j].Seq == cursor+int64(j-i)+1 {
+	j, last := i, cursor
+	for j < len(msgs) && (msgs[j].Seq == last+1 || msgs[j].Control) {
+		last = msgs[j].Seq
 		j++
 	}
 	return msgs[i:j]

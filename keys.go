@@ -302,21 +302,19 @@ func (n *Node) useKeys(inst *Instance) {
 	}
 }
 
-// keyReloadEvery bounds how often a node re-reads its keys because a
-// request named one it does not hold: another node sharing the Store may
-// have rotated.
-const keyReloadEvery = 100 * time.Millisecond
-
-// reloadKeys re-reads the instance's keys from the Store, at most once per
-// keyReloadEvery, and reports whether it did.
+// reloadKeys re-reads the instance's keys from the Store, because a
+// request named one this node does not hold (another node sharing the
+// Store may have rotated), and reports whether they may have changed.
+// Concurrent callers share one read: a caller that waited for another's
+// read, begun after it asked, uses that one.
 func (n *Node) reloadKeys(ctx context.Context) bool {
+	asked := n.keyReads.Load()
 	n.keyReload.Lock()
 	defer n.keyReload.Unlock()
-	now := n.clock.Now()
-	if now.Sub(n.keyReloaded) < keyReloadEvery && !n.keyReloaded.IsZero() {
-		return false
+	if n.keyReads.Load() > asked {
+		return true // a read that began after this call was made has ended
 	}
-	n.keyReloaded = now
+	n.keyReads.Add(1) // reads begin under the lock
 	inst, err := n.store.LoadInstance(ctx)
 	if err != nil {
 		if ctx.Err() == nil {

@@ -111,13 +111,13 @@ type Node struct {
 	rand           io.Reader
 	log            *slog.Logger
 
-	keys        atomic.Pointer[keySet]
-	keyReload   sync.Mutex   // serializes reloadKeys
-	keyReloaded time.Time    // when reloadKeys last read the Store
-	swept       atomic.Int64 // the keys' version keyLoop last swept for
-	invites     *invitationParser
-	messages    *wire.Parser
-	replays     wire.ReplayCache
+	keys      atomic.Pointer[keySet]
+	keyReload sync.Mutex   // serializes reloadKeys
+	keyReads  atomic.Int64 // reads reloadKeys began
+	swept     atomic.Int64 // the keys' version keyLoop last swept for
+	invites   *invitationParser
+	messages  *wire.Parser
+	replays   wire.ReplayCache
 
 	onEvent     func(Event)
 	receiver    Receiver

@@ -285,6 +285,11 @@ func (n *Node) handlePoll(ctx context.Context, req *Request) (*Response, error) 
 			case <-deadline:
 			}
 		}
+		// While the poll was held its first connection may have moved to
+		// a new key, and the old one been dropped: sign with today's.
+		if c, err := n.store.GetConnection(ctx, a.conn.ID); err == nil {
+			a.conn = c
+		}
 		return n.answer(op, a, reply)
 	}
 }

@@ -45,6 +45,9 @@ func (n *Node) run(ctx context.Context, r *runner) error {
 			n.watchOutbox(ctx, w)
 		}()
 	}
+	// At start, deleted connections too: a deletion notice stored before a
+	// restart still has to reach the peer.
+	r.refreshDeleted(ctx)
 	for {
 		r.refresh(ctx)
 		n.sweepCaches(n.clock.Now())
@@ -160,6 +163,31 @@ func (r *runner) refresh(ctx context.Context) {
 	}
 }
 
+// refreshDeleted starts a pusher for each deleted connection whose
+// deletion notice a public peer may not have acknowledged yet.
+func (r *runner) refreshDeleted(ctx context.Context) {
+	n := r.n
+	opts := ListOptions{Status: StatusDeleted, Kind: KindPeer, Limit: MaxPageSize}
+	for {
+		conns, next, err := n.store.ListConnections(ctx, opts)
+		if err != nil {
+			if ctx.Err() == nil {
+				n.log.WarnContext(ctx, "tether: list deleted connections", "err", err)
+			}
+			return
+		}
+		for _, c := range conns {
+			if c.NoticeSeq > 0 && c.RemoteURL != "" {
+				r.ensure(ctx, c)
+			}
+		}
+		if next == "" {
+			return
+		}
+		opts.After = next
+	}
+}
+
 func (r *runner) ensure(ctx context.Context, c *Connection) {
 	if c.RemoteURL == "" {
 		return // the peer is private: it calls this side
@@ -177,7 +205,7 @@ func (r *runner) ensure(ctx context.Context, c *Connection) {
 			r.mu.Unlock()
 		}()
 	}
-	if r.n.endpoint != "" {
+	if r.n.endpoint != "" || c.Status == StatusDeleted {
 		return
 	}
 	// One long-poll per endpoint (and peer key) carries up to

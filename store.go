@@ -142,8 +142,9 @@ type Store interface {
 // delivered, and a Store with a single database connection never waits for
 // a second one.
 type AtomicInbox interface {
-	// DeliverInbox hands msgs, whose Seqs run from from+1 without gaps, to
-	// fn one at a time in one transaction, each message in a savepoint of
+	// DeliverInbox hands msgs, whose Seqs ascend from above from (a gap
+	// is messages the sender dropped: the Node checks), to fn one at a
+	// time in one transaction, each message in a savepoint of
 	// its own. It stops at the first message fn fails, undoing only that
 	// message's writes, moves the cursor to the last message fn accepted,
 	// commits, and returns the new cursor with fn's error, if any. If the

@@ -721,8 +721,8 @@ func (s *Store) DeliverInbox(ctx context.Context, connectionID string, from int6
 		}
 		txCtx := context.WithValue(ctx, txKey{}, &delivery{db: s.db, tx: tx, sem: make(chan struct{}, 1)})
 		for i, m := range msgs {
-			if m.Seq != from+int64(i)+1 {
-				return &tether.Error{Code: tether.CodeInvalid, Op: op, Message: "messages must follow the cursor without gaps"}
+			if m.Seq <= from || i > 0 && m.Seq <= msgs[i-1].Seq {
+				return &tether.Error{Code: tether.CodeInvalid, Op: op, Message: "messages must follow the cursor in ascending order"}
 			}
 			if _, err := tx.ExecContext(ctx, `SAVEPOINT tether_message`); err != nil {
 				return err

@@ -175,6 +175,10 @@ func runChild(role string) int {
 		select {} // until killed
 	case "crash":
 		return crashChild(ctx, db, dialect, sl)
+	case "delete":
+		return deleteChild(ctx, db, dialect, sl)
+	case "reply":
+		return replyChild(ctx, db, dialect, sl)
 	}
 	fmt.Println("ERR unknown role", role)
 	return 1

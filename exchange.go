@@ -172,7 +172,7 @@ func (n *Node) exchange(ctx context.Context, op string, c *Connection, o Op, bod
 		answeredBy: n.answerKeys(ctx, op, c, &current),
 	})
 	if err == nil && current && c.RemotePreviousKey != nil && c.ID != "" {
-		n.peerUsesNewKey(ctx, c)
+		n.peerUsesNewKey(ctx, c, c.RemoteKey)
 	}
 	if err != nil || reply == nil {
 		return err

@@ -119,6 +119,7 @@ func (n *Node) forget(id string) {
 	delete(n.health.last, id)
 	n.health.mu.Unlock()
 	n.acked.Delete(id)
+	n.statuses.Delete(id)
 }
 
 // trackedConnections counts the entries this node's per-connection state

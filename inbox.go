@@ -2,8 +2,10 @@ package tether
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"sync"
+	"sync/atomic"
 )
 
 // deliver hands msgs (ascending Seq) to the Receiver in order, skipping
@@ -36,8 +38,23 @@ func (n *Node) deliverLocked(ctx context.Context, id string, msgs []Message, aft
 	var (
 		failed error
 		done   []pendingWork // per message applied in the transaction
+		epoch  = n.statusEpoch(id)
 	)
 	receive := func(ctx context.Context, m Message) error {
+		if !m.Control && n.statusEpoch(id) != epoch {
+			// This node changed the connection's status meanwhile (the
+			// Receiver itself may have paused or deleted it): look again.
+			epoch = n.statusEpoch(id)
+			now, err := n.store.GetConnection(ctx, id)
+			if err != nil {
+				failed = err
+				return err
+			}
+			if c = now; c.Status != StatusActive {
+				failed = errHeld
+				return errHeld
+			}
+		}
 		var work *afterCommit
 		if atomic != nil {
 			work = new(afterCommit)
@@ -97,6 +114,8 @@ func (n *Node) deliverLocked(ctx context.Context, id string, msgs []Message, aft
 			}
 		}
 		switch {
+		case errors.Is(failed, errHeld):
+			return cursor, nil // the rest waits, at the sender
 		case failed != nil && err != nil && !errors.Is(err, failed):
 			// The Store failed while undoing or recording the Receiver's
 			// work (its transaction broke): a storage failure, not the
@@ -117,6 +136,27 @@ func (n *Node) deliverLocked(ctx context.Context, id string, msgs []Message, aft
 	}
 }
 
+// errHeld stops a delivery at a data message because the connection is
+// no longer active.
+var errHeld = errors.New("the connection is not active")
+
+// statusEpoch counts the status changes this node made to connection id
+// since it last delivered to it; statusChanged adds one.
+func (n *Node) statusEpoch(id string) int64 {
+	if v, ok := n.statuses.Load(id); ok {
+		return v.(*atomic.Int64).Load()
+	}
+	return 0
+}
+
+func (n *Node) statusChanged(id string) {
+	v, ok := n.statuses.Load(id)
+	if !ok {
+		v, _ = n.statuses.LoadOrStore(id, new(atomic.Int64))
+	}
+	v.(*atomic.Int64).Add(1)
+}
+
 // pendingWork is what a message's handling left to do after its
 // transaction commits.
 type pendingWork struct {
@@ -125,19 +165,27 @@ type pendingWork struct {
 }
 
 // nextRun returns the messages of msgs (ascending Seq) that follow cursor
-// without a gap, except before a control message: a sender that deletes a
-// connection drops its undelivered data, and its notices follow the hole.
+// without a gap. The one exception is a deleting sender's last batch: its
+// undelivered data were dropped, so its notices, ending with the deletion,
+// follow holes.
 func nextRun(msgs []Message, cursor int64) []Message {
 	i := 0
 	for i < len(msgs) && msgs[i].Seq <= cursor {
 		i++
 	}
+	deleting := len(msgs) > 0 && isDeletion(msgs[len(msgs)-1])
 	j, last := i, cursor
-	for j < len(msgs) && (msgs[j].Seq == last+1 || msgs[j].Control) {
+	for j < len(msgs) && (msgs[j].Seq == last+1 || deleting && msgs[j].Control) {
 		last = msgs[j].Seq
 		j++
 	}
 	return msgs[i:j]
+}
+
+// isDeletion reports whether m is a deletion notice.
+func isDeletion(m Message) bool {
+	var nt notice
+	return m.Control && json.Unmarshal(m.Payload, &nt) == nil && nt.Type == noticeDeleted
 }
 
 // inboxLock serializes deliveries to one connection. It stays in n.inbox

@@ -278,14 +278,24 @@ func (n *Node) announceKey(ctx context.Context, id string, k InstanceKey) (*Conn
 	const op = "tether: announce key"
 	proof := ed25519.Sign(k.Private, rekeyProof(n.ID(), k.ID))
 	return n.editWith(ctx, op, id, func(c *Connection) (*Event, *notice, error) {
-		if !notifies(c) || c.Status == StatusDeleted || c.LocalKeyID == k.ID || c.PendingKeyID == k.ID {
+		// Only an active connection: a held one sends nothing past its
+		// latest notice, so a notice now would release what it holds.
+		// Activate announces the key then.
+		if !notifies(c) || c.Status != StatusActive || c.LocalKeyID == k.ID || c.PendingKeyID == k.ID {
 			return nil, nil, nil
+		}
+		if cur := n.keys.Load(); cur.current.ID != k.ID && !cur.created(k) {
+			return nil, nil, nil // a newer key arrived meanwhile: never move back
 		}
 		c.PendingKeyID = k.ID
 		ev := n.event(WithActor(ctx, ActorSystem), EventKeyChanged, "this side's key is changing to "+k.ID+"; the partner is told")
 		return &ev, &notice{Type: noticeRekey, Key: base64.RawURLEncoding.EncodeToString(k.Public()), Proof: base64.RawURLEncoding.EncodeToString(proof)}, nil
 	})
 }
+
+// created reports whether ks was made when k was current or later: k is
+// not older than ks's current key.
+func (ks *keySet) created(k InstanceKey) bool { return !k.Created.Before(ks.current.Created) }
 
 // useKeys makes inst's keys the ones this node signs and verifies with,
 // unless it holds a newer version already.

@@ -99,6 +99,14 @@ func (n *Node) lifecycle(ctx context.Context, op, id string, a Action, detail, n
 			n.signal(id)
 			n.notifyChanged()
 		})
+		if a == ActionActivate {
+			// A key change waits while a connection is held: announce it.
+			if k := n.keys.Load().current; notifies(c) && c.LocalKeyID != k.ID && c.PendingKeyID != k.ID {
+				if moved, err := n.announceKey(ctx, id, k); err == nil {
+					c = moved
+				}
+			}
+		}
 	}
 	return c, err
 }
@@ -176,6 +184,7 @@ func (n *Node) editWith(ctx context.Context, op, id string, change func(*Connect
 		if err != nil {
 			return err
 		}
+		before := c.Status
 		ev, nt, err := change(c)
 		if err != nil || ev == nil {
 			out = c
@@ -189,6 +198,9 @@ func (n *Node) editWith(ctx context.Context, op, id string, change func(*Connect
 		}
 		if err != nil {
 			return err
+		}
+		if c.Status != before {
+			n.statusChanged(id) // a delivery under way looks again
 		}
 		e := *ev
 		n.later(ctx, func() {

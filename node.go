@@ -132,13 +132,14 @@ type Node struct {
 	holder      string // this node's name in leases
 	shared      bool   // the Store is shared by processes: re-read it every second
 
-	wakeMu  sync.Mutex
-	wake    map[string]map[*waiter]struct{} // per connection: who waits for its outbox or status to change
-	inbox   sync.Map                        // connection ID -> *sync.Mutex serializing delivery to the Receiver
-	acked   sync.Map                        // connection ID -> int64: the outbox was acknowledged up to here by a poll
-	changed chan struct{}                   // connections were added or changed status: Run rescans
-	running atomic.Bool
-	health  healthCache
+	wakeMu   sync.Mutex
+	wake     map[string]map[*waiter]struct{} // per connection: who waits for its outbox or status to change
+	inbox    sync.Map                        // connection ID -> *sync.Mutex serializing delivery to the Receiver
+	acked    sync.Map                        // connection ID -> int64: the outbox was acknowledged up to here by a poll
+	statuses sync.Map                        // connection ID -> *atomic.Int64: status changes made here (statusEpoch)
+	changed  chan struct{}                   // connections were added or changed status: Run rescans
+	running  atomic.Bool
+	health   healthCache
 }
 
 var _ Handler = (*Node)(nil)

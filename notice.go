@@ -186,13 +186,14 @@ func peerKeys(op string, c *Connection, current *bool) wire.KeyLookup {
 }
 
 // peerUsesNewKey forgets a peer's previous key once it signed with the
-// new one: it knows this side has it.
-func (n *Node) peerUsesNewKey(ctx context.Context, c *Connection) {
+// new one, used: it knows this side has it. A key change applied
+// meanwhile (another request's) keeps its previous key.
+func (n *Node) peerUsesNewKey(ctx context.Context, c *Connection, used ed25519.PublicKey) {
 	if c.RemotePreviousKey == nil {
 		return
 	}
 	_, err := n.edit(WithActor(ctx, ActorSystem), "tether: key change complete", c.ID, func(c *Connection) (*Event, error) {
-		if c.RemotePreviousKey == nil {
+		if c.RemotePreviousKey == nil || !c.RemoteKey.Equal(used) {
 			return nil, nil
 		}
 		c.RemotePreviousKey = nil

@@ -179,7 +179,7 @@ func (n *Node) authenticate(ctx context.Context, op string, req *Request) (*auth
 	}
 	if current && c.RemotePreviousKey != nil {
 		// The peer signs with its new key: it knows this side has it.
-		n.peerUsesNewKey(ctx, c)
+		n.peerUsesNewKey(ctx, c, signer)
 		c.RemotePreviousKey = nil
 	}
 	if c.Status == StatusPending && c.Role == RoleAcceptor && (req.Op == OpPush || req.Op == OpPoll) {

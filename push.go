@@ -114,6 +114,16 @@ func (n *Node) pushLoop(ctx context.Context, id string, peerPaused func()) {
 			leaseUntil = now.Add(n.leaseTTL)
 		}
 		msgs, err := n.store.ListOutbox(ctx, id, 0, n.batch)
+		if err == nil && len(msgs) > 0 && c.Status == StatusActive {
+			// A Pause that returned while the outbox was read holds
+			// what was sent after it.
+			again, gerr := n.store.GetConnection(ctx, id)
+			if gerr != nil {
+				msgs, err = nil, gerr
+			} else {
+				c = again
+			}
+		}
 		// A paused or deleted connection, or one whose peer paused, sends
 		// only up to its latest notice.
 		msgs = heldSend(c, msgs)

@@ -79,6 +79,17 @@ func (n *Node) Reauthorize(ctx context.Context, id string) (*Connection, string,
 		if c.Kind != KindPeer || c.RemoteConnection == "" || c.Status == StatusPending || c.Status == StatusDeleted {
 			return nil, &Error{Code: CodeInvalidTransition, Op: op, Message: "only a connected peer connection can be re-paired"}
 		}
+		// The partner checks the code against the key it trusts for this
+		// side, unless it revoked that key: then this side must have a new
+		// one (RotateKey), which the code introduces.
+		signer := ks.current
+		if revoked(c) {
+			k, ok := n.ownKey(c.LocalKeyID)
+			if !ok {
+				return nil, &Error{Code: CodeUnknownKey, Op: op, Message: "this instance no longer holds the key the partner knows"}
+			}
+			signer = k
+		}
 		c.Invitation, c.InvitationExpires = jti, now.Add(n.ttl)
 		code, err = encodeInvitation(&Invitation{
 			ID: jti, Issuer: ks.instance, Connection: c.ID,
@@ -87,7 +98,7 @@ func (n *Node) Reauthorize(ctx context.Context, id string) (*Connection, string,
 			Endpoint: n.endpoint, Repairs: c.RemoteConnection,
 			IssuedAt: now, NotBefore: now, ExpiresAt: c.InvitationExpires,
 			Version: InvitationVersion,
-		}, ks.current)
+		}, signer)
 		if err != nil {
 			return nil, err
 		}
@@ -112,6 +123,14 @@ func (n *Node) acceptRepair(ctx context.Context, op, code string, inv *Invitatio
 	if inv.Endpoint == "" {
 		return nil, &Error{Code: CodeInvalid, Op: op, Message: "a re-pairing code must come from a public instance"}
 	}
+	switch {
+	case revoked(c) && inv.Key.Equal(c.RemoteKey):
+		return nil, &Error{Code: CodeInvalid, Op: op, Message: "the code is signed with the key this side revoked: the partner must rotate its key (RotateKey) and issue a new code"}
+	case !revoked(c) && !inv.Key.Equal(c.RemoteKey) && !inv.Key.Equal(c.RemotePreviousKey):
+		// Anyone can mint a code naming these connections: only the
+		// partner's key makes it the partner's.
+		return nil, &Error{Code: CodeInvalid, Op: op, Message: "the code is not signed with the partner's key"}
+	}
 	if err := n.policy.Check(inv.Endpoint); err != nil {
 		return nil, err
 	}
@@ -129,10 +148,10 @@ func (n *Node) acceptRepair(ctx context.Context, op, code string, inv *Invitatio
 	}); err != nil {
 		return nil, err // the code is not used up by a failure: present it again
 	}
-	c, err = n.edit(ctx, op, c.ID, func(c *Connection) (*Event, error) {
+	c, err = n.editWith(ctx, op, c.ID, func(c *Connection) (*Event, *notice, error) {
 		n.repin(c, inv.Key, key.ID, inv.Endpoint)
 		ev := n.event(ctx, EventReauthorized, "re-paired with the partner, whose key is now "+inv.KeyID)
-		return &ev, nil
+		return &ev, activeNotice(c), nil
 	})
 	if err != nil {
 		return nil, err
@@ -146,6 +165,15 @@ func (n *Node) acceptRepair(ctx context.Context, op, code string, inv *Invitatio
 
 // repin gives c the keys a re-pairing agreed on, and makes it Active if
 // it was Inactive.
+// activeNotice tells the partner this side is active, after a re-pairing
+// that may have followed a pause: the partner would hold its messages.
+func activeNotice(c *Connection) *notice {
+	if c.Status != StatusActive {
+		return nil
+	}
+	return &notice{Type: noticeActivated}
+}
+
 func (n *Node) repin(c *Connection, remote ed25519.PublicKey, localKeyID, remoteURL string) {
 	c.RemoteKey, c.RemotePreviousKey = remote, nil
 	c.LocalKeyID, c.PendingKeyID = localKeyID, ""
@@ -165,6 +193,9 @@ func (n *Node) handleRepair(ctx context.Context, op string, inv *Invitation, bod
 		c.RemoteInstance != body.Instance || c.RemoteConnection != body.Connection || body.Connection != inv.Repairs {
 		return refuse(&Error{Code: CodeRevoked, Op: op, Message: "the re-pairing code is not valid for this connection any more"})
 	}
+	if revoked(c) && key.Equal(c.RemoteKey) {
+		return refuse(&Error{Code: CodeInvalid, Op: op, Message: "this side revoked that key: rotate it (RotateKey) and present the code again"})
+	}
 	if body.Endpoint != "" {
 		if err := n.policy.Check(body.Endpoint); err != nil {
 			return refuse(err)
@@ -180,6 +211,15 @@ func (n *Node) handleRepair(ctx context.Context, op string, inv *Invitation, bod
 	case err == nil:
 		c = repaired
 		n.later(ctx, func() { n.emit(c.ID, ev) })
+		if nt := activeNotice(c); nt != nil {
+			// After a pause the partner holds its messages: say so.
+			if moved, err := n.editWith(ctx, op, c.ID, func(c *Connection) (*Event, *notice, error) {
+				ev := n.event(WithActor(ctx, ActorSystem), EventActivated, "active after the re-pairing; the partner is told")
+				return &ev, nt, nil
+			}); err == nil {
+				c = moved
+			}
+		}
 	case ErrorCode(err) == CodeAlreadyUsed || ErrorCode(err) == CodeConflict:
 		// Used already: by this acceptor, whose answer was lost, or not.
 		if c, err = n.store.GetConnection(ctx, inv.Connection); err != nil || !c.RemoteKey.Equal(key) {

@@ -79,7 +79,24 @@ func TestRevokePeerKeyAndRepair(t *testing.T) {
 				t.Fatalf("delivered while revoked: alpha got %d, beta got %d", ain.count(), bin.count())
 			}
 
+			// Without a new key, beta cannot be re-paired: the key alpha
+			// revoked would be trusted again.
 			issuer, acceptor, issuerID := alpha, beta, aid
+			if !topo.alphaIssues {
+				issuer, acceptor, issuerID = beta, alpha, bid
+			}
+			if _, early, err := issuer.Reauthorize(ctx, issuerID); err == nil {
+				if _, err := acceptor.Accept(ctx, early, tether.AcceptOptions{}); tether.ErrorCode(err) != tether.CodeInvalid {
+					t.Fatalf("re-pairing with the revoked key: %v, want invalid", err)
+				}
+			}
+			if c := alpha.get(t, aid); c.Status != tether.StatusInactive {
+				t.Fatalf("a refused re-pairing left alpha %s", c.Status)
+			}
+			if err := beta.RotateKey(ctx, 0); err != nil {
+				t.Fatal(err)
+			}
+			issuer, acceptor, issuerID = alpha, beta, aid
 			if !topo.alphaIssues {
 				if _, _, err := alpha.Reauthorize(ctx, aid); tether.ErrorCode(err) != tether.CodeInvalid {
 					t.Fatalf("a private side issued a re-pairing code: %v", err)

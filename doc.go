@@ -162,9 +162,9 @@
 // Node.RevokePeerKey: the connection becomes Inactive, nothing signed with
 // that key is applied, and work waits on both sides. Node.Reauthorize, on
 // the public side, issues a re-pairing code that the partner accepts with
-// Node.Accept, out of band like an invitation: both sides pin each other's
-// current key on the same connections, which keep their settings, history
-// and queues.
+// Node.Accept, out of band like an invitation, once the side whose key was
+// revoked has rotated it: both sides pin each other's current key on the
+// same connections, which keep their settings, history and queues.
 //
 // # Receivers that write
 //

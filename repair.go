@@ -61,8 +61,15 @@ func revoked(c *Connection) bool { return c.Kind == KindPeer && c.Status == Stat
 // instance's current key at the partner and the partner's current key
 // here, on the same two connections: their settings, history and queued
 // messages stay, and an Inactive side (its peer's key revoked) becomes
-// Active. The code expires after the invitation TTL and can be used once.
-// The side that issues it must be public: the partner calls it.
+// Active, and each side tells the other it is active. The code expires
+// after the invitation TTL and can be used once. The side that issues it
+// must be public: the partner calls it.
+//
+// A revoked key is never trusted again: the side whose key was revoked
+// rotates it (RotateKey) before the code is accepted, or the acceptance is
+// refused with CodeInvalid. A connection whose partner's key was not
+// revoked accepts only a code signed with that partner's key, so a code
+// minted by anyone else is refused.
 func (n *Node) Reauthorize(ctx context.Context, id string) (*Connection, string, error) {
 	const op = "tether: reauthorize"
 	if n.endpoint == "" {

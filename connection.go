@@ -183,6 +183,11 @@ type Connection struct {
 	InvitationExpires time.Time
 
 	ExternalID string // org or environment ID for KindOrg
+	// Provider names, for KindOrg, the provider and org type the
+	// connection was made with (for example "salesforce-sandbox").
+	Provider string
+	// CreatedBy is the actor that created the connection ("on behalf of").
+	CreatedBy string
 
 	Rules        string            // opaque rules text (for example scripts in ModeScript)
 	RulesVersion int               // incremented whenever Rules changes
@@ -245,6 +250,8 @@ func (c *Connection) Validate() error {
 		checkText("Name", c.Name, 1, MaxNameLen),
 		checkText("Description", c.Description, 0, MaxDescriptionLen),
 		checkText("ExternalID", c.ExternalID, 0, MaxOwnerLen),
+		checkText("Provider", c.Provider, 0, MaxShortNameLen),
+		checkText("CreatedBy", c.CreatedBy, 0, MaxOwnerLen),
 		checkRules(c.Rules),
 		checkSettings(c.Settings),
 	}

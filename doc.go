@@ -241,4 +241,5 @@
 //	clock_skew           400  the instances' clocks differ by more than ClockSkew
 //	canceled             503  the caller's context was canceled
 //	deadline_exceeded    504  the caller's context passed its deadline
+//	org_taken            409  the org is connected to a team already: one org per team
 package tether

@@ -42,6 +42,7 @@ const (
 	CodeClockSkew         Code = "clock_skew"         // the two instances' clocks differ by more than ClockSkew
 	CodeCanceled          Code = "canceled"           // the caller's context was canceled
 	CodeDeadlineExceeded  Code = "deadline_exceeded"  // the caller's context passed its deadline
+	CodeOrgTaken          Code = "org_taken"          // the org or environment is connected to a team already: one org per team
 )
 
 // Error is the error type of tether and its adapters. Code is stable API,
@@ -124,6 +125,7 @@ var (
 	ErrClockSkew         error = &sentinel{CodeClockSkew}
 	ErrCanceled          error = &sentinel{CodeCanceled}
 	ErrDeadlineExceeded  error = &sentinel{CodeDeadlineExceeded}
+	ErrOrgTaken          error = &sentinel{CodeOrgTaken}
 )
 
 // HTTPStatus returns the HTTP status that answers an error with code c
@@ -142,7 +144,7 @@ func HTTPStatus(c Code) int {
 		return 403 // Forbidden
 	case CodeNotFound:
 		return 404 // Not Found
-	case CodeAlreadyUsed, CodeConflict, CodeAlreadyExists, CodeInvalidTransition, CodeModeFixed, CodeNotConnected:
+	case CodeAlreadyUsed, CodeConflict, CodeAlreadyExists, CodeInvalidTransition, CodeModeFixed, CodeNotConnected, CodeOrgTaken:
 		return 409 // Conflict
 	case CodeRevoked, CodeGone, CodeExpired:
 		return 410 // Gone

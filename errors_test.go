@@ -106,6 +106,7 @@ func TestErrorSentinels(t *testing.T) {
 		tether.CodeClockSkew:         tether.ErrClockSkew,
 		tether.CodeCanceled:          tether.ErrCanceled,
 		tether.CodeDeadlineExceeded:  tether.ErrDeadlineExceeded,
+		tether.CodeOrgTaken:          tether.ErrOrgTaken,
 	}
 	if len(sentinels) != len(codes) {
 		t.Fatalf("this test lists %d sentinels, errors.go declares %d codes", len(sentinels), len(codes))
@@ -192,6 +193,7 @@ func TestErrorHTTPStatus(t *testing.T) {
 		tether.CodeClockSkew:         400,
 		tether.CodeCanceled:          503,
 		tether.CodeDeadlineExceeded:  504,
+		tether.CodeOrgTaken:          409,
 		"":                           500,
 		"no_such_code":               500,
 	}

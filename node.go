@@ -255,6 +255,10 @@ func WithActor(ctx context.Context, actor string) context.Context {
 	return context.WithValue(ctx, actorKey{}, actor)
 }
 
+// ActorOf returns the actor WithActor put in ctx, ActorLocal when none:
+// for adapters that record who acted.
+func ActorOf(ctx context.Context) string { return actorOf(ctx) }
+
 func actorOf(ctx context.Context) string {
 	if a, ok := ctx.Value(actorKey{}).(string); ok && a != "" {
 		return a

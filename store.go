@@ -34,6 +34,12 @@ type Store interface {
 	// CreateConnection stores a new connection and appends events for it, in
 	// one atomic step. c must pass c.Validate (CodeInvalid) and its ID must
 	// be new (CodeAlreadyExists). On success c.Version is 1.
+	//
+	// One org per team: an org connection (KindOrg) with an ExternalID is
+	// refused with CodeOrgTaken, here and in UpdateConnection, while
+	// another connection that is not deleted has the same Kind and
+	// ExternalID, whatever its Owner; of concurrent writers, across
+	// processes too, one wins.
 	CreateConnection(ctx context.Context, c *Connection, events ...Event) error
 
 	// UpdateConnection replaces a stored connection and appends events, in
@@ -239,3 +245,40 @@ type NonceStore interface {
 	// may be forgotten after their until has passed.
 	RememberNonce(ctx context.Context, key string, now, until time.Time) (bool, error)
 }
+
+// OAuthStore is implemented by Stores that keep what the oauth package
+// needs: authorization attempts in flight, each usable once, and each org
+// connection's tokens, versioned so that one refresh at a time replaces
+// them across goroutines and processes. memstore and sqlstore implement
+// it; storetest.Run covers it.
+type OAuthStore interface {
+	// PutOAuthState stores an authorization attempt's data under key
+	// until expires. key names the attempt (at most 200 bytes); the data
+	// hold a PKCE verifier, a secret: a durable store seals them.
+	// CodeAlreadyExists when key is stored already.
+	PutOAuthState(ctx context.Context, key string, data []byte, expires time.Time) error
+
+	// TakeOAuthState returns the data stored under key and removes them,
+	// in one atomic step: of any number of concurrent calls with one key,
+	// one gets the data. CodeNotFound when nothing is stored under key or
+	// it expired before now (an expired attempt is removed too).
+	TakeOAuthState(ctx context.Context, key string, now time.Time) ([]byte, error)
+
+	// LoadOAuthToken returns the token data of a connection and their
+	// version. CodeNotFound when none are stored.
+	LoadOAuthToken(ctx context.Context, connectionID string) (data []byte, version int64, err error)
+
+	// SaveOAuthToken stores a connection's token data if the stored
+	// version equals version (0: none stored yet), and returns the new
+	// version; CodeConflict otherwise (another writer, say a refresh in
+	// another process, got there first). The data are secrets: a durable
+	// store seals them. CodeNotFound when the connection does not exist.
+	SaveOAuthToken(ctx context.Context, connectionID string, data []byte, version int64) (int64, error)
+
+	// DeleteOAuthToken removes a connection's token data; it does nothing
+	// when there are none.
+	DeleteOAuthToken(ctx context.Context, connectionID string) error
+}
+
+// MaxOAuthStateKeyLen bounds the key of OAuthStore.PutOAuthState.
+const MaxOAuthStateKeyLen = 200

@@ -32,6 +32,20 @@ type Store struct {
 
 	nonces     map[string]time.Time // request nonces -> when they may be forgotten
 	nonceSweep time.Time            // next time nonces is swept
+
+	oauthStates map[string]oauthState // OAuth authorization attempts by key
+	stateSweep  time.Time             // next time oauthStates is swept
+	oauthTokens map[string]oauthToken // OAuth tokens by connection ID
+}
+
+type oauthState struct {
+	data    []byte
+	expires time.Time
+}
+
+type oauthToken struct {
+	data    []byte
+	version int64
 }
 
 type lease struct {
@@ -73,7 +87,11 @@ func notConnected(op string) error {
 	return &tether.Error{Code: tether.CodeNotConnected, Op: op, Message: "the connection is deleted"}
 }
 
-var _ tether.Store = (*Store)(nil)
+var (
+	_ tether.Store      = (*Store)(nil)
+	_ tether.NonceStore = (*Store)(nil)
+	_ tether.OAuthStore = (*Store)(nil)
+)
 
 // Option configures a Store.
 type Option func(*Store)
@@ -99,6 +117,9 @@ func New(opts ...Option) *Store {
 		inbox:  make(map[string]int64),
 		leases: make(map[string]lease),
 		clock:  tether.SystemClock(),
+
+		oauthStates: make(map[string]oauthState),
+		oauthTokens: make(map[string]oauthToken),
 	}
 	for _, o := range opts {
 		o(s)
@@ -169,6 +190,9 @@ func (s *Store) create(op string, c *tether.Connection, events []tether.Event) e
 	if _, ok := s.conns[c.ID]; ok {
 		return &tether.Error{Code: tether.CodeAlreadyExists, Op: op, Message: "a connection with this ID exists"}
 	}
+	if err := s.checkOrg(op, c); err != nil {
+		return err
+	}
 	stored := c.Clone()
 	stored.Version = 1
 	s.conns[c.ID] = stored
@@ -179,6 +203,21 @@ func (s *Store) create(op string, c *tether.Connection, events []tether.Event) e
 	}
 	s.append(c.ID, events)
 	c.Version = 1
+	return nil
+}
+
+// checkOrg refuses c with CodeOrgTaken when it is an org connection, not
+// deleted, whose ExternalID another connection that is not deleted has:
+// one org per team.
+func (s *Store) checkOrg(op string, c *tether.Connection) error {
+	if c.Kind != tether.KindOrg || c.ExternalID == "" || c.Status == tether.StatusDeleted {
+		return nil
+	}
+	for id, o := range s.conns {
+		if id != c.ID && o.Kind == c.Kind && o.ExternalID == c.ExternalID && o.Status != tether.StatusDeleted {
+			return &tether.Error{Code: tether.CodeOrgTaken, Op: op, Message: "the org is connected to a team already: one org per team"}
+		}
+	}
 	return nil
 }
 
@@ -216,6 +255,9 @@ func (s *Store) update(op string, c *tether.Connection, events []tether.Event, n
 		return 0, &tether.Error{Code: tether.CodeConflict, Op: op, Message: "connection changed since it was read"}
 	}
 	if err := tether.CheckUpdate(old, c); err != nil {
+		return 0, err
+	}
+	if err := s.checkOrg(op, c); err != nil {
 		return 0, err
 	}
 	ob := s.outboxOf(c.ID)
@@ -464,8 +506,6 @@ func (s *Store) Release(ctx context.Context, name, holder string) error {
 	return nil
 }
 
-var _ tether.NonceStore = (*Store)(nil)
-
 // RememberNonce implements tether.NonceStore, so that Nodes sharing one
 // Store refuse a request replayed to another of them. It holds each nonce
 // until its until has passed: its memory is bounded by the requests
@@ -492,4 +532,89 @@ func (s *Store) RememberNonce(ctx context.Context, key string, now, until time.T
 	}
 	s.nonces[key] = until
 	return true, nil
+}
+
+// PutOAuthState implements tether.OAuthStore.
+func (s *Store) PutOAuthState(ctx context.Context, key string, data []byte, expires time.Time) error {
+	const op = "memstore: put oauth state"
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if key == "" || len(key) > tether.MaxOAuthStateKeyLen {
+		return &tether.Error{Code: tether.CodeInvalid, Op: op, Message: "oauth state key must be 1-200 bytes"}
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, ok := s.oauthStates[key]; ok {
+		return &tether.Error{Code: tether.CodeAlreadyExists, Op: op, Message: "an oauth state with this key exists"}
+	}
+	s.oauthStates[key] = oauthState{data: slices.Clone(data), expires: expires}
+	return nil
+}
+
+// TakeOAuthState implements tether.OAuthStore. Once a minute (by now) it
+// also removes the states that expired.
+func (s *Store) TakeOAuthState(ctx context.Context, key string, now time.Time) ([]byte, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if now.After(s.stateSweep) {
+		for k, st := range s.oauthStates {
+			if st.expires.Before(now) {
+				delete(s.oauthStates, k)
+			}
+		}
+		s.stateSweep = now.Add(time.Minute)
+	}
+	st, ok := s.oauthStates[key]
+	delete(s.oauthStates, key)
+	if !ok || st.expires.Before(now) {
+		return nil, &tether.Error{Code: tether.CodeNotFound, Op: "memstore: take oauth state", Message: "no such oauth state, or it expired"}
+	}
+	return st.data, nil // the stored copy: nothing refers to it any more
+}
+
+// LoadOAuthToken implements tether.OAuthStore.
+func (s *Store) LoadOAuthToken(ctx context.Context, connectionID string) ([]byte, int64, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, 0, err
+	}
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	tok, ok := s.oauthTokens[connectionID]
+	if !ok {
+		return nil, 0, &tether.Error{Code: tether.CodeNotFound, Op: "memstore: load oauth token", Message: "no oauth token stored for this connection"}
+	}
+	return slices.Clone(tok.data), tok.version, nil
+}
+
+// SaveOAuthToken implements tether.OAuthStore.
+func (s *Store) SaveOAuthToken(ctx context.Context, connectionID string, data []byte, version int64) (int64, error) {
+	const op = "memstore: save oauth token"
+	if err := ctx.Err(); err != nil {
+		return 0, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, ok := s.conns[connectionID]; !ok {
+		return 0, &tether.Error{Code: tether.CodeNotFound, Op: op, Message: "no such connection"}
+	}
+	if s.oauthTokens[connectionID].version != version {
+		return 0, &tether.Error{Code: tether.CodeConflict, Op: op, Message: "oauth token changed since it was read"}
+	}
+	s.oauthTokens[connectionID] = oauthToken{data: slices.Clone(data), version: version + 1}
+	return version + 1, nil
+}
+
+// DeleteOAuthToken implements tether.OAuthStore.
+func (s *Store) DeleteOAuthToken(ctx context.Context, connectionID string) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.oauthTokens, connectionID)
+	return nil
 }

@@ -6,7 +6,8 @@
 // driver it uses and passes it to New with the dialect. New applies the
 // embedded schema migrations it lacks, in one transaction behind a lock, so
 // replicas starting at once do not collide. Secrets (the instance's private
-// keys) are sealed with Config.Sealer before they are written.
+// keys, OAuth authorization states and tokens) are sealed with
+// Config.Sealer before they are written.
 //
 // # SQLite
 //
@@ -45,7 +46,10 @@
 // tether.Config.Replica name); deliveries to one connection are serialized
 // by a row lock on its inbox cursor. A long-poll held by one replica wakes
 // when another stores a message through LISTEN/NOTIFY when Config.Listen is
-// set, and within a second without it. With pgx, Listen is:
+// set, and within a second without it. One org per team holds across
+// replicas too: a partial unique index on the ExternalID of org connections
+// that are not deleted lets one of concurrent writers win (CodeOrgTaken
+// for the others). With pgx, Listen is:
 //
 //	listen := func(ctx context.Context, channel string, fn func(string)) error {
 //		conn, err := pgx.Connect(ctx, dsn)

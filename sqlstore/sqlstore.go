@@ -14,8 +14,9 @@ import (
 
 // Config configures a Store.
 type Config struct {
-	// Sealer encrypts secrets (instance private keys) before they are
-	// written. Required: tether never stores a secret in plaintext.
+	// Sealer encrypts secrets (instance private keys, OAuth states and
+	// tokens) before they are written. Required: tether never stores a
+	// secret in plaintext.
 	Sealer *tether.Sealer
 	// Listen, for PostgreSQL, subscribes to notifications on channel and
 	// calls fn with each payload until ctx ends. Stores notify on every
@@ -44,6 +45,7 @@ type Store struct {
 	q       queries
 	clock   tether.Clock
 	nonces  atomic.Int64 // calls to RememberNonce, to purge now and then
+	states  atomic.Int64 // calls to TakeOAuthState, to purge now and then
 }
 
 var (
@@ -51,6 +53,7 @@ var (
 	_ tether.AtomicInbox   = (*Store)(nil)
 	_ tether.OutboxWatcher = (*Store)(nil)
 	_ tether.NonceStore    = (*Store)(nil)
+	_ tether.OAuthStore    = (*Store)(nil)
 )
 
 // New returns a Store on db, after applying the schema migrations it lacks.
@@ -87,6 +90,8 @@ type queries struct {
 	appendOutbox, outboxClosed, closeOutbox, dropData                                            string
 	listOutbox, ackOutbox, inboxCursor, inboxForUpdate, advanceInbox                             string
 	lease, release, nonce, purgeNonces                                                           string
+	putOAuthState, takeOAuthState, purgeOAuthStates                                              string
+	loadOAuthToken, createOAuthToken, updateOAuthToken, deleteOAuthToken                         string
 }
 
 func newQueries(d Dialect) queries {
@@ -96,12 +101,12 @@ func newQueries(d Dialect) queries {
 		createInstance:   r(`INSERT INTO tether_instance (singleton, id, version, keys) VALUES (1, ?, 1, ?) ON CONFLICT (singleton) DO NOTHING`),
 		updateInstance:   r(`UPDATE tether_instance SET id = ?, keys = ?, version = version + 1 WHERE singleton = 1 AND version = ?`),
 		instanceVersion:  r(`SELECT version FROM tether_instance WHERE singleton = 1`),
-		createConn:       r(`INSERT INTO tether_connections (id, owner, status, kind, version, data) VALUES (?, ?, ?, ?, 1, ?) ON CONFLICT (id) DO NOTHING`),
+		createConn:       r(`INSERT INTO tether_connections (id, owner, status, kind, external_id, version, data) VALUES (?, ?, ?, ?, ?, 1, ?) ON CONFLICT DO NOTHING`),
 		createOutboxSeq:  r(`INSERT INTO tether_outbox_seq (connection_id, last, closed) VALUES (?, 0, ?)`),
 		createInbox:      r(`INSERT INTO tether_inbox (connection_id, position) VALUES (?, 0)`),
 		getConn:          r(`SELECT version, data FROM tether_connections WHERE id = ?`),
 		getConnForUpdate: r(`SELECT version, data FROM tether_connections WHERE id = ?` + d.forUpdate()),
-		updateConn:       r(`UPDATE tether_connections SET owner = ?, status = ?, kind = ?, version = version + 1, data = ? WHERE id = ? AND version = ?`),
+		updateConn:       r(`UPDATE tether_connections SET owner = ?, status = ?, kind = ?, external_id = ?, version = version + 1, data = ? WHERE id = ? AND version = ?`),
 		insertEvent:      r(`INSERT INTO tether_events (connection_id, type, time_ns, actor, detail) VALUES (?, ?, ?, ?, ?)`),
 		useInvitation:    r(`INSERT INTO tether_used_invitations (key, expires_ns) VALUES (?, ?) ON CONFLICT (key) DO NOTHING`),
 		purgeInvitations: r(`DELETE FROM tether_used_invitations WHERE expires_ns < ? AND key <> ?`),
@@ -121,6 +126,17 @@ func newQueries(d Dialect) queries {
 		release:     r(`DELETE FROM tether_leases WHERE name = ? AND holder = ?`),
 		nonce:       r(`INSERT INTO tether_nonces (key, until_ns) VALUES (?, ?) ON CONFLICT (key) DO NOTHING`),
 		purgeNonces: r(`DELETE FROM tether_nonces WHERE until_ns < ?`),
+
+		putOAuthState:    r(`INSERT INTO tether_oauth_states (key, data, expires_ns) VALUES (?, ?, ?) ON CONFLICT (key) DO NOTHING`),
+		takeOAuthState:   r(`DELETE FROM tether_oauth_states WHERE key = ? RETURNING data, expires_ns`),
+		purgeOAuthStates: r(`DELETE FROM tether_oauth_states WHERE expires_ns < ?`),
+		loadOAuthToken:   r(`SELECT version, data FROM tether_oauth_tokens WHERE connection_id = ?`),
+		// Only for a connection that exists; nothing when a token is stored.
+		createOAuthToken: r(`INSERT INTO tether_oauth_tokens (connection_id, version, data)
+			SELECT id, 1, ? FROM tether_connections WHERE id = ?
+			ON CONFLICT (connection_id) DO NOTHING`),
+		updateOAuthToken: r(`UPDATE tether_oauth_tokens SET version = version + 1, data = ? WHERE connection_id = ? AND version = ?`),
+		deleteOAuthToken: r(`DELETE FROM tether_oauth_tokens WHERE connection_id = ?`),
 	}
 	// Appending takes the next number from the connection's counter row
 	// unless the row is closed (the connection is deleted), in one
@@ -151,6 +167,13 @@ func newQueries(d Dialect) queries {
 
 func notFound(op string) error {
 	return &tether.Error{Code: tether.CodeNotFound, Op: op, Message: "no such connection"}
+}
+
+// orgTaken reports a write refused by the partial unique index
+// tether_connections_org_external_id: another connection that is not
+// deleted links to the same org. cause is the driver's error, if any.
+func orgTaken(op string, cause error) error {
+	return &tether.Error{Code: tether.CodeOrgTaken, Op: op, Message: "the org is connected to a team already: one org per team", Err: cause}
 }
 
 // Instance identity.
@@ -293,12 +316,22 @@ func (s *Store) create(ctx context.Context, q querier, op string, c *tether.Conn
 	if err != nil {
 		return err
 	}
-	res, err := q.ExecContext(ctx, s.q.createConn, c.ID, c.Owner, string(c.Status), string(c.Kind), data)
+	res, err := q.ExecContext(ctx, s.q.createConn, c.ID, c.Owner, string(c.Status), string(c.Kind), c.ExternalID, data)
 	if err != nil {
 		return err
 	}
 	if n, _ := res.RowsAffected(); n == 0 {
-		return &tether.Error{Code: tether.CodeAlreadyExists, Op: op, Message: "a connection with this ID exists"}
+		// createConn has no conflict target: a duplicate ID and a taken
+		// org (the partial unique index tether_connections_org_external_id)
+		// both insert nothing. Tell them apart.
+		exists, err := s.exists(ctx, q, c.ID)
+		switch {
+		case err != nil:
+			return err
+		case exists:
+			return &tether.Error{Code: tether.CodeAlreadyExists, Op: op, Message: "a connection with this ID exists"}
+		}
+		return orgTaken(op, nil)
 	}
 	// A connection created deleted has its outbox closed from the start.
 	if _, err := q.ExecContext(ctx, s.q.createOutboxSeq, c.ID, c.Status == tether.StatusDeleted); err != nil {
@@ -403,8 +436,13 @@ func (s *Store) update(ctx context.Context, q querier, op string, c *tether.Conn
 	if data, err = encodeConn(stored); err != nil {
 		return 0, err
 	}
-	res, err := q.ExecContext(ctx, s.q.updateConn, c.Owner, string(c.Status), string(c.Kind), data, c.ID, version)
+	res, err := q.ExecContext(ctx, s.q.updateConn, c.Owner, string(c.Status), string(c.Kind), c.ExternalID, data, c.ID, version)
 	if err != nil {
+		// The row's ID does not change, so the only unique constraint
+		// this statement can break is the org's.
+		if tether.ErrorCode(translate(op, err)) == tether.CodeAlreadyExists {
+			return 0, orgTaken(op, err)
+		}
 		return 0, err
 	}
 	if n, _ := res.RowsAffected(); n == 0 {

@@ -15,6 +15,7 @@ import (
 	"crypto/ed25519"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -60,6 +61,13 @@ func Run(t *testing.T, newStore NewStore) {
 		{"Lease", testLease},
 		{"AtomicInbox", testAtomicInbox},
 		{"Nonces", testNonces},
+		{"OneOrgPerTeam", testOneOrgPerTeam},
+		{"OneOrgPerTeamConsume", testOneOrgPerTeamConsume},
+		{"OneOrgPerTeamConcurrent", testOneOrgPerTeamConcurrent},
+		{"OAuthState", testOAuthState},
+		{"OAuthStateConcurrentTake", testOAuthStateConcurrentTake},
+		{"OAuthToken", testOAuthToken},
+		{"OAuthTokenConcurrentSave", testOAuthTokenConcurrentSave},
 		{"CanceledContext", testCanceledContext},
 	}
 	for _, tc := range tests {
@@ -1346,5 +1354,348 @@ func testNonces(t *testing.T, newStore NewStore) {
 	})
 	if won := winners(t, errs, tether.CodeConflict); len(won) != 1 {
 		t.Fatalf("%d concurrent callers saw one nonce as new", len(won))
+	}
+}
+
+// NewOrg returns a valid active org connection of owner linked to the org
+// externalID.
+func NewOrg(i int, owner, externalID string) *tether.Connection {
+	return &tether.Connection{
+		ID: ConnID(i), Kind: tether.KindOrg, Owner: owner, Name: fmt.Sprintf("Org %d", i),
+		Status: tether.StatusActive, ExternalID: externalID, CreatedAt: base, UpdatedAt: base,
+	}
+}
+
+// testOneOrgPerTeam: an org connection's ExternalID is refused while
+// another connection that is not deleted has it, whoever owns it.
+func testOneOrgPerTeam(t *testing.T, newStore NewStore) {
+	ctx := context.Background()
+	s := newStore(t)
+	const org = "00D000000000001EAA"
+	first := NewOrg(1, "team-a", org)
+	mustCreate(t, s, first, ev(tether.EventCreated, "first"))
+
+	// Another team, or the same one, cannot connect that org again.
+	for i, owner := range []string{"team-b", "team-a"} {
+		second := NewOrg(2+i, owner, org)
+		wantCode(t, s.CreateConnection(ctx, second, ev(tether.EventCreated, "second")), tether.CodeOrgTaken)
+		_, err := s.GetConnection(ctx, second.ID)
+		wantCode(t, err, tether.CodeNotFound)
+	}
+
+	// Unaffected: other orgs, org connections without an ExternalID, peer
+	// connections whatever their ExternalID, and the holder's own updates.
+	mustCreate(t, s, NewOrg(4, "team-b", "00D000000000002EAA"))
+	mustCreate(t, s, NewOrg(5, "team-b", ""))
+	mustCreate(t, s, NewOrg(6, "team-c", ""))
+	for i := 7; i <= 8; i++ {
+		peer := NewConnection(i)
+		peer.ExternalID = org
+		mustCreate(t, s, peer)
+	}
+	first.Name = "Renamed"
+	if err := s.UpdateConnection(ctx, first); err != nil {
+		t.Fatalf("the org's holder updating itself: %v", err)
+	}
+
+	// An update that takes an org held by another is refused and changes
+	// nothing.
+	other, err := s.GetConnection(ctx, ConnID(4))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := other.Clone()
+	other.ExternalID = org
+	wantCode(t, s.UpdateConnection(ctx, other, ev(tether.EventUpdated, "take")), tether.CodeOrgTaken)
+	wantStored(t, s, want, "after a refused update")
+	wantCode(t, s.UpdateConnection(ctx, other.Clone()), tether.CodeOrgTaken)
+	noEvents(t, s, other.ID)
+	empty, err := s.GetConnection(ctx, ConnID(5))
+	if err != nil {
+		t.Fatal(err)
+	}
+	empty.ExternalID = org
+	_, err = s.UpdateAndNotify(ctx, empty, []byte("notice"))
+	wantCode(t, err, tether.CodeOrgTaken)
+	wantOutbox(t, s, empty.ID, nil, "after a refused UpdateAndNotify")
+
+	// Deleting the holder frees the org: the team may connect it again,
+	// and so may another.
+	first.Status = tether.StatusDeleted
+	if err := s.UpdateConnection(ctx, first); err != nil {
+		t.Fatal(err)
+	}
+	again := NewOrg(9, "team-b", org)
+	mustCreate(t, s, again)
+	// Now it is taken again, by the new connection.
+	wantCode(t, s.CreateConnection(ctx, NewOrg(10, "team-a", org)), tether.CodeOrgTaken)
+	// A connection that moves to another org frees the first.
+	again.ExternalID = "00D000000000003EAA"
+	if err := s.UpdateConnection(ctx, again); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.UpdateConnection(ctx, other); err != nil {
+		t.Fatalf("taking an org its holder left: %v", err)
+	}
+}
+
+func noEvents(t testing.TB, s tether.Store, id string) {
+	t.Helper()
+	evs, err := s.ListEvents(context.Background(), id, 0, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(evs) != 0 {
+		t.Fatalf("a refused write appended events: %+v", evs)
+	}
+}
+
+// testOneOrgPerTeamConsume: ConsumeInvitation creating or updating a
+// connection is held to one org per team too, and a refusal leaves the
+// invitation unused.
+func testOneOrgPerTeamConsume(t *testing.T, newStore NewStore) {
+	ctx := context.Background()
+	s := newStore(t)
+	const org = "00D000000000001EAA"
+	mustCreate(t, s, NewOrg(1, "team-a", org))
+	exp := base.Add(time.Hour)
+	wantCode(t, s.ConsumeInvitation(ctx, "inv-1", exp, NewOrg(2, "team-b", org)), tether.CodeOrgTaken)
+	if _, err := s.GetConnection(ctx, ConnID(2)); tether.ErrorCode(err) != tether.CodeNotFound {
+		t.Fatalf("a refused ConsumeInvitation created the connection (err %v)", err)
+	}
+	pending := NewOrg(3, "team-b", "")
+	pending.Status = tether.StatusPending
+	mustCreate(t, s, pending)
+	pending.Status, pending.ExternalID = tether.StatusActive, org
+	wantCode(t, s.ConsumeInvitation(ctx, "inv-1", exp, pending), tether.CodeOrgTaken)
+	// The key was not recorded: it still works.
+	pending.ExternalID = "00D000000000002EAA"
+	if err := s.ConsumeInvitation(ctx, "inv-1", exp, pending); err != nil {
+		t.Fatalf("ConsumeInvitation after refusals with its key: %v", err)
+	}
+}
+
+// testOneOrgPerTeamConcurrent: of concurrent creators of connections to
+// one org, one wins. For stores shared by processes this runs across
+// database connections.
+func testOneOrgPerTeamConcurrent(t *testing.T, newStore NewStore) {
+	ctx := context.Background()
+	s := newStore(t)
+	const n = 20
+	errs := race(n, func(i int) error {
+		return s.CreateConnection(ctx, NewOrg(i+1, fmt.Sprintf("team-%d", i), "00D000000000001EAA"), ev(tether.EventCreated, "race"))
+	})
+	if won := winners(t, errs, tether.CodeOrgTaken); len(won) != 1 {
+		t.Fatalf("%d of %d concurrent creators connected one org, want exactly 1", len(won), n)
+	}
+	conns, _, err := s.ListConnections(ctx, tether.ListOptions{Kind: tether.KindOrg, Limit: tether.MaxPageSize})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(conns) != 1 {
+		t.Fatalf("%d org connections stored, want 1", len(conns))
+	}
+	// Concurrent updates of other connections to that org all fail.
+	var others []*tether.Connection
+	for i := range n {
+		c := NewOrg(100+i, "team-x", fmt.Sprintf("00D%015dEAA", i+2))
+		mustCreate(t, s, c)
+		others = append(others, c)
+	}
+	taken := conns[0].ExternalID
+	errs = race(n, func(i int) error {
+		c := others[i].Clone()
+		c.ExternalID = taken
+		return s.UpdateConnection(ctx, c)
+	})
+	if won := winners(t, errs, tether.CodeOrgTaken); len(won) != 0 {
+		t.Fatalf("%d updates took an org held by another connection", len(won))
+	}
+	// With the holder deleted, of concurrent updates to that org one wins.
+	holder := conns[0]
+	holder.Status = tether.StatusDeleted
+	if err := s.UpdateConnection(ctx, holder); err != nil {
+		t.Fatal(err)
+	}
+	errs = race(n, func(i int) error {
+		c := others[i].Clone()
+		c.ExternalID = taken
+		return s.UpdateConnection(ctx, c)
+	})
+	if won := winners(t, errs, tether.CodeOrgTaken); len(won) != 1 {
+		t.Fatalf("%d of %d concurrent updates took a free org, want exactly 1", len(won), n)
+	}
+}
+
+// testOAuthState runs for Stores that implement tether.OAuthStore.
+func testOAuthState(t *testing.T, newStore NewStore) {
+	ctx := context.Background()
+	oa, ok := newStore(t).(tether.OAuthStore)
+	if !ok {
+		return // optional: nothing to test
+	}
+	now := base
+	data := []byte("pkce-verifier-and-redirect")
+	if err := oa.PutOAuthState(ctx, "state-1", data, now.Add(10*time.Minute)); err != nil {
+		t.Fatal(err)
+	}
+	data[0] = 'X' // the store kept a copy
+	wantCode(t, oa.PutOAuthState(ctx, "state-1", []byte("other"), now.Add(time.Hour)), tether.CodeAlreadyExists)
+	got, err := oa.TakeOAuthState(ctx, "state-1", now.Add(time.Minute))
+	if err != nil || string(got) != "pkce-verifier-and-redirect" {
+		t.Fatalf("TakeOAuthState = %q, %v", got, err)
+	}
+	_, err = oa.TakeOAuthState(ctx, "state-1", now.Add(time.Minute))
+	wantCode(t, err, tether.CodeNotFound)
+	_, err = oa.TakeOAuthState(ctx, "never-put", now)
+	wantCode(t, err, tether.CodeNotFound)
+
+	// Usable until its expiry, not after; an expired state is removed.
+	exp := now.Add(10 * time.Minute)
+	for _, k := range []string{"at-expiry", "expired"} {
+		if err := oa.PutOAuthState(ctx, k, []byte(k), exp); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got, err := oa.TakeOAuthState(ctx, "at-expiry", exp); err != nil || string(got) != "at-expiry" {
+		t.Fatalf("TakeOAuthState at its expiry = %q, %v", got, err)
+	}
+	_, err = oa.TakeOAuthState(ctx, "expired", exp.Add(time.Millisecond))
+	wantCode(t, err, tether.CodeNotFound)
+	_, err = oa.TakeOAuthState(ctx, "expired", now)
+	wantCode(t, err, tether.CodeNotFound)
+	if err := oa.PutOAuthState(ctx, "expired", []byte("again"), exp); err != nil {
+		t.Fatalf("an expired state taken is removed; putting its key again: %v", err)
+	}
+
+	// Keys are 1 to MaxOAuthStateKeyLen bytes.
+	long := strings.Repeat("k", tether.MaxOAuthStateKeyLen)
+	if err := oa.PutOAuthState(ctx, long, nil, exp); err != nil {
+		t.Fatalf("a key of %d bytes: %v", len(long), err)
+	}
+	wantCode(t, oa.PutOAuthState(ctx, long+"k", nil, exp), tether.CodeInvalid)
+	wantCode(t, oa.PutOAuthState(ctx, "", nil, exp), tether.CodeInvalid)
+	if got, err := oa.TakeOAuthState(ctx, long, now); err != nil || len(got) != 0 {
+		t.Fatalf("TakeOAuthState of empty data = %q, %v", got, err)
+	}
+}
+
+func testOAuthStateConcurrentTake(t *testing.T, newStore NewStore) {
+	ctx := context.Background()
+	oa, ok := newStore(t).(tether.OAuthStore)
+	if !ok {
+		return // optional: nothing to test
+	}
+	if err := oa.PutOAuthState(ctx, "state-1", []byte("verifier"), base.Add(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	const n = 20
+	errs := race(n, func(int) error {
+		got, err := oa.TakeOAuthState(ctx, "state-1", base)
+		if err == nil && string(got) != "verifier" {
+			return fmt.Errorf("took %q", got)
+		}
+		return err
+	})
+	if won := winners(t, errs, tether.CodeNotFound); len(won) != 1 {
+		t.Fatalf("%d of %d concurrent takers got one state, want exactly 1", len(won), n)
+	}
+}
+
+// testOAuthToken runs for Stores that implement tether.OAuthStore.
+func testOAuthToken(t *testing.T, newStore NewStore) {
+	ctx := context.Background()
+	s := newStore(t)
+	oa, ok := s.(tether.OAuthStore)
+	if !ok {
+		return // optional: nothing to test
+	}
+	_, err := oa.SaveOAuthToken(ctx, ConnID(1), []byte("token"), 0)
+	wantCode(t, err, tether.CodeNotFound)
+	c := NewOrg(1, "team-a", "00D000000000001EAA")
+	mustCreate(t, s, c)
+	_, _, err = oa.LoadOAuthToken(ctx, c.ID)
+	wantCode(t, err, tether.CodeNotFound)
+	_, err = oa.SaveOAuthToken(ctx, c.ID, []byte("token"), 1)
+	wantCode(t, err, tether.CodeConflict)
+
+	data := []byte("access+refresh v1")
+	v, err := oa.SaveOAuthToken(ctx, c.ID, data, 0)
+	if err != nil || v != 1 {
+		t.Fatalf("first SaveOAuthToken = %d, %v; want 1", v, err)
+	}
+	data[0] = 'X' // the store kept a copy
+	wantToken := func(what, want string, wantVersion int64) {
+		t.Helper()
+		got, v, err := oa.LoadOAuthToken(ctx, c.ID)
+		if err != nil || string(got) != want || v != wantVersion {
+			t.Fatalf("%s: LoadOAuthToken = %q, %d, %v; want %q, %d", what, got, v, err, want, wantVersion)
+		}
+		got[0] = 'Y' // the store returned a copy
+	}
+	wantToken("after the first save", "access+refresh v1", 1)
+	wantToken("after changing what was loaded", "access+refresh v1", 1)
+
+	for _, stale := range []int64{0, 2, -1} {
+		_, err = oa.SaveOAuthToken(ctx, c.ID, []byte("stale"), stale)
+		wantCode(t, err, tether.CodeConflict)
+	}
+	wantToken("after stale saves", "access+refresh v1", 1)
+	if v, err = oa.SaveOAuthToken(ctx, c.ID, []byte("access+refresh v2"), 1); err != nil || v != 2 {
+		t.Fatalf("SaveOAuthToken at version 1 = %d, %v; want 2", v, err)
+	}
+	wantToken("after the second save", "access+refresh v2", 2)
+
+	// Another connection's token is its own.
+	d := NewOrg(2, "team-b", "00D000000000002EAA")
+	mustCreate(t, s, d)
+	if v, err := oa.SaveOAuthToken(ctx, d.ID, []byte("other"), 0); err != nil || v != 1 {
+		t.Fatalf("SaveOAuthToken of another connection = %d, %v", v, err)
+	}
+
+	if err := oa.DeleteOAuthToken(ctx, c.ID); err != nil {
+		t.Fatal(err)
+	}
+	_, _, err = oa.LoadOAuthToken(ctx, c.ID)
+	wantCode(t, err, tether.CodeNotFound)
+	if err := oa.DeleteOAuthToken(ctx, c.ID); err != nil {
+		t.Fatalf("deleting a deleted token: %v", err)
+	}
+	if err := oa.DeleteOAuthToken(ctx, ConnID(99)); err != nil {
+		t.Fatalf("deleting the token of an unknown connection: %v", err)
+	}
+	if got, v, err := oa.LoadOAuthToken(ctx, d.ID); err != nil || string(got) != "other" || v != 1 {
+		t.Fatalf("the other connection's token after a delete: %q, %d, %v", got, v, err)
+	}
+	// After a delete, version 0 stores afresh.
+	if v, err = oa.SaveOAuthToken(ctx, c.ID, []byte("fresh"), 0); err != nil || v != 1 {
+		t.Fatalf("SaveOAuthToken after a delete = %d, %v; want 1", v, err)
+	}
+	wantToken("after saving afresh", "fresh", 1)
+}
+
+func testOAuthTokenConcurrentSave(t *testing.T, newStore NewStore) {
+	ctx := context.Background()
+	s := newStore(t)
+	oa, ok := s.(tether.OAuthStore)
+	if !ok {
+		return // optional: nothing to test
+	}
+	c := NewOrg(1, "team-a", "00D000000000001EAA")
+	mustCreate(t, s, c)
+	const n = 20
+	for _, version := range []int64{0, 1} {
+		errs := race(n, func(i int) error {
+			_, err := oa.SaveOAuthToken(ctx, c.ID, []byte(fmt.Sprint("token ", version, "/", i)), version)
+			return err
+		})
+		won := winners(t, errs, tether.CodeConflict)
+		if len(won) != 1 {
+			t.Fatalf("from version %d: %d of %d concurrent saves won, want exactly 1", version, len(won), n)
+		}
+		got, v, err := oa.LoadOAuthToken(ctx, c.ID)
+		if want := fmt.Sprint("token ", version, "/", won[0]); err != nil || string(got) != want || v != version+1 {
+			t.Fatalf("from version %d: stored %q, %d, %v; want the winner's %q, %d", version, got, v, err, want, version+1)
+		}
 	}
 }

@@ -162,11 +162,17 @@ func sanitize(s string) string {
 // exchange sends a request on connection c to its peer and decodes the
 // verified answer into reply (when not nil).
 func (n *Node) exchange(ctx context.Context, op string, c *Connection, o Op, body []byte, reply any) error {
+	_, err := n.exchangeKey(ctx, op, c, o, body, reply)
+	return err
+}
+
+// exchangeKey is exchange that also reports whether the answer was
+// signed with the peer's pinned key (not its previous one).
+func (n *Node) exchangeKey(ctx context.Context, op string, c *Connection, o Op, body []byte, reply any) (current bool, err error) {
 	key, err := n.signingKey(c)
 	if err != nil {
-		return err
+		return false, err
 	}
-	current := false
 	resp, _, err := n.call(ctx, op, request{
 		endpoint: c.RemoteURL, op: o, sub: c.RemoteConnection, body: body, key: key,
 		answeredBy: n.answerKeys(ctx, op, c, &current),
@@ -175,9 +181,9 @@ func (n *Node) exchange(ctx context.Context, op string, c *Connection, o Op, bod
 		n.peerUsesNewKey(ctx, c, c.RemoteKey)
 	}
 	if err != nil || reply == nil {
-		return err
+		return current, err
 	}
-	return decodeBody(op, resp, n.MaxBody(), reply)
+	return current, decodeBody(op, resp, n.MaxBody(), reply)
 }
 
 // answerKeys is peerKeys for the answers to requests on c, which may have

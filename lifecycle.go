@@ -207,6 +207,7 @@ func (n *Node) editWith(ctx context.Context, op, id string, change func(*Connect
 			n.emit(id, e)
 			if nt != nil {
 				n.signal(id) // a notice to deliver
+				n.kick(id)   // by a pusher, even if the connection was just deleted
 			}
 		})
 		out = c

@@ -138,6 +138,8 @@ type Node struct {
 	acked    sync.Map                        // connection ID -> int64: the outbox was acknowledged up to here by a poll
 	statuses sync.Map                        // connection ID -> *atomic.Int64: status changes made here (statusEpoch)
 	changed  chan struct{}                   // connections were added or changed status: Run rescans
+	kickMu   sync.Mutex
+	kicked   map[string]bool // connections with a new notice: Run makes sure they have a pusher
 	running  atomic.Bool
 	health   healthCache
 }

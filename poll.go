@@ -141,8 +141,18 @@ func (n *Node) pollOnce(ctx context.Context, p *puller) error {
 		return errRestart
 	}
 	var reply pollReply
-	err = n.exchange(pctx, op, first, OpPoll, body, &reply)
+	current, err := n.exchangeKey(pctx, op, first, OpPoll, body, &reply)
 	p.end()
+	if err == nil && current {
+		// The peer signs with the key every connection of this poll pins
+		// (they are grouped by it): it has acknowledged all their key
+		// changes, so their previous keys go too.
+		for _, c := range local {
+			if c != first && c.RemotePreviousKey != nil && c.RemoteKey.Equal(first.RemoteKey) {
+				n.peerUsesNewKey(ctx, c, c.RemoteKey)
+			}
+		}
+	}
 	if err != nil {
 		if pctx.Err() != nil && ctx.Err() == nil {
 			return errRestart
@@ -238,6 +248,12 @@ func (n *Node) handlePoll(ctx context.Context, req *Request) (*Response, error) 
 		c, err := n.store.GetConnection(ctx, id)
 		if err != nil || c.RemoteInstance != a.claims.Issuer || !c.RemoteKey.Equal(a.key) && !c.RemotePreviousKey.Equal(a.key) {
 			return nil, refused(op)
+		}
+		if c.RemotePreviousKey != nil && c.RemoteKey.Equal(a.key) {
+			// The peer signs with this connection's pinned key: it knows
+			// this side has it.
+			n.peerUsesNewKey(ctx, c, a.key)
+			c.RemotePreviousKey = nil
 		}
 		if c.Status == StatusPending && c.Role == RoleAcceptor {
 			if c, err = n.peerConfirmed(ctx, c.ID); err != nil {

@@ -50,6 +50,7 @@ func (n *Node) run(ctx context.Context, r *runner) error {
 	r.refreshDeleted(ctx)
 	for {
 		r.refresh(ctx)
+		r.refreshKicked(ctx)
 		n.sweepCaches(n.clock.Now())
 		select {
 		case <-ctx.Done():
@@ -159,6 +160,20 @@ func (r *runner) refresh(ctx context.Context) {
 				break
 			}
 			opts.After = next
+		}
+	}
+}
+
+// refreshKicked makes sure the connections with a new notice have a
+// pusher, deleted ones included.
+func (r *runner) refreshKicked(ctx context.Context) {
+	for _, id := range r.n.takeKicked() {
+		c, err := r.n.store.GetConnection(ctx, id)
+		if err != nil {
+			continue // gone, or the store failed: the rescan or a restart catches up
+		}
+		if c.Status != StatusPending {
+			r.ensure(ctx, c)
 		}
 	}
 }

@@ -70,3 +70,28 @@ func (n *Node) notifyChanged() {
 	default:
 	}
 }
+
+// kick asks Run to make sure connection id has a pusher, whatever its
+// status: a notice was stored for it (a deletion's among them, which the
+// periodic rescan of live connections would not see).
+func (n *Node) kick(id string) {
+	n.kickMu.Lock()
+	if n.kicked == nil {
+		n.kicked = map[string]bool{}
+	}
+	n.kicked[id] = true
+	n.kickMu.Unlock()
+	n.notifyChanged()
+}
+
+// takeKicked returns the connections kicked since the last call.
+func (n *Node) takeKicked() []string {
+	n.kickMu.Lock()
+	defer n.kickMu.Unlock()
+	ids := make([]string, 0, len(n.kicked))
+	for id := range n.kicked {
+		ids = append(ids, id)
+	}
+	n.kicked = nil
+	return ids
+}

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"sync"
 	"time"
 
 	"golang.org/x/oauth2"
@@ -142,13 +143,16 @@ type Config struct {
 
 // Manager connects teams to orgs with OAuth and keeps their tokens.
 type Manager struct {
-	node      *tether.Node
-	store     tether.OAuthStore
-	redirect  string
-	providers map[string]Provider
-	stateTTL  time.Duration
-	client    *http.Client
-	clock     tether.Clock
+	node       *tether.Node
+	store      tether.OAuthStore
+	leases     tether.Store // the same Store: its leases
+	redirect   string
+	providers  map[string]Provider
+	stateTTL   time.Duration
+	client     *http.Client
+	clock      tether.Clock
+	holder     string   // this process's name in refresh leases
+	refreshing sync.Map // connection ID -> *sync.Mutex: one refresh at a time here
 }
 
 // New returns a Manager.
@@ -167,7 +171,7 @@ func New(cfg Config) (*Manager, error) {
 		return bad("Config.RedirectURL is required")
 	}
 	m := &Manager{
-		node: cfg.Node, store: st, redirect: cfg.RedirectURL, providers: map[string]Provider{},
+		node: cfg.Node, store: st, leases: cfg.Store, redirect: cfg.RedirectURL, providers: map[string]Provider{},
 		stateTTL: cfg.StateTTL, client: cfg.HTTPClient, clock: cfg.Clock,
 	}
 	for _, p := range cfg.Providers {
@@ -188,6 +192,7 @@ func New(cfg Config) (*Manager, error) {
 	if m.clock == nil {
 		m.clock = tether.SystemClock()
 	}
+	m.holder = oauth2.GenerateVerifier()
 	return m, nil
 }
 
@@ -314,7 +319,7 @@ func (m *Manager) Complete(ctx context.Context, query url.Values) (*tether.Conne
 	if err != nil {
 		return nil, err
 	}
-	blob, err := json.Marshal(storedToken{Access: tok.AccessToken, Refresh: tok.RefreshToken, Expiry: tok.Expiry})
+	blob, err := json.Marshal(storedToken{Access: tok.AccessToken, Refresh: tok.RefreshToken, Expiry: m.expiry(tok)})
 	if err != nil {
 		return nil, tether.Wrap(tether.CodeInternal, op, err)
 	}

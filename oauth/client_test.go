@@ -113,3 +113,44 @@ func TestTokenWithdrawn(t *testing.T) {
 		t.Fatalf("a paused connection: %v, want paused", err)
 	}
 }
+
+// Re-authorizing an inactive connection with a login to the same org makes
+// it Active again, same ID, settings kept; a login to another org is
+// refused and changes nothing.
+func TestReauthorize(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	id := e.connectOrg(t, "org-reauth")
+	if _, err := e.node.Update(ctx, id, tether.Update{Settings: map[string]string{"sync": "daily"}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.op.Withdraw(ctx, "org-reauth"); err != nil {
+		t.Fatal(err)
+	}
+	e.clock.now.Add(int64(2 * time.Minute))
+	if _, err := e.m.Token(ctx, id); tether.ErrorCode(err) != tether.CodeUnauthenticated {
+		t.Fatalf("refresh of a withdrawn grant: %v", err)
+	}
+	q := e.login(t, ctx, oauth.BeginRequest{Provider: "test-op", Reauthorize: id, LoginHint: "another-org"})
+	if _, err := e.m.Complete(ctx, q); tether.ErrorCode(err) != tether.CodeInvalid {
+		t.Fatalf("re-authorizing with another org: %v, want invalid", err)
+	}
+	if c, _ := e.node.Get(ctx, id); c.Status != tether.StatusInactive {
+		t.Fatalf("a refused re-authorization left the connection %s", c.Status)
+	}
+	q = e.login(t, ctx, oauth.BeginRequest{Provider: "test-op", Reauthorize: id, LoginHint: "org-reauth"})
+	c, err := e.m.Complete(ctx, q)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.ID != id || c.Status != tether.StatusActive || c.Settings["sync"] != "daily" {
+		t.Fatalf("after re-authorizing: %+v", c)
+	}
+	if _, err := e.m.Token(ctx, id); err != nil {
+		t.Fatalf("a token after re-authorizing: %v", err)
+	}
+	evs, _ := e.node.Events(ctx, id, 0, 0)
+	if last := evs[len(evs)-1]; last.Type != tether.EventReauthorized {
+		t.Fatalf("last event: %+v", last)
+	}
+}

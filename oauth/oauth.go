@@ -211,6 +211,10 @@ type BeginRequest struct {
 	// LoginHint, when set, is passed to the provider as login_hint (the
 	// user name to log in with).
 	LoginHint string
+	// Reauthorize, when set, is the ID of an org connection to
+	// re-authorize instead of creating one: the login must reach the same
+	// org, and the connection keeps its ID, settings and history.
+	Reauthorize string
 }
 
 // attempt is what a state value stands for, kept by the Store until the
@@ -222,6 +226,8 @@ type attempt struct {
 	Verifier string `json:"verifier"`
 	Redirect string `json:"redirect"`
 	Actor    string `json:"actor,omitempty"`
+	// Connection is the connection being re-authorized, if any.
+	Connection string `json:"connection,omitempty"`
 }
 
 // Begin returns the URL to send the user to, to log in at the provider. It
@@ -236,6 +242,16 @@ func (m *Manager) Begin(ctx context.Context, req BeginRequest) (string, error) {
 	}
 	state := oauth2.GenerateVerifier() // 32 random bytes, base64url
 	a := attempt{Provider: p.Name, Owner: req.Owner, Name: req.Name, Verifier: oauth2.GenerateVerifier(), Redirect: m.redirect, Actor: tether.ActorOf(ctx)}
+	if req.Reauthorize != "" {
+		c, err := m.node.Get(ctx, req.Reauthorize)
+		if err != nil {
+			return "", err
+		}
+		if c.Kind != tether.KindOrg || c.Provider != p.Name || c.Status == tether.StatusDeleted {
+			return "", &tether.Error{Code: tether.CodeInvalid, Op: op, Message: "only a live org connection of this provider can be re-authorized with it"}
+		}
+		a.Connection, a.Owner = c.ID, c.Owner
+	}
 	data, err := json.Marshal(a)
 	if err != nil {
 		return "", tether.Wrap(tether.CodeInternal, op, err)
@@ -313,6 +329,9 @@ func (m *Manager) Complete(ctx context.Context, query url.Values) (*tether.Conne
 	if a.Actor != "" {
 		actx = tether.WithActor(ctx, a.Actor)
 	}
+	if a.Connection != "" {
+		return m.reauthorized(actx, a.Connection, org, tok)
+	}
 	c, err := m.node.ConnectOrg(actx, tether.OrgRequest{
 		Owner: a.Owner, Name: orDefault(a.Name, orDefault(org.Name, org.ID)), ExternalID: org.ID, OrgName: org.Name, Provider: p.Name,
 	})
@@ -386,4 +405,42 @@ func (m *Manager) Callback(done func(w http.ResponseWriter, r *http.Request, c *
 		c, err := m.Complete(r.Context(), r.URL.Query())
 		done(w, r, c, err)
 	})
+}
+
+// reauthorized stores the tokens of a re-authorization of connection id,
+// whose login reached org: it must be the connection's org. An Inactive
+// connection becomes Active with an event, and its held work resumes.
+func (m *Manager) reauthorized(ctx context.Context, id string, org Org, tok *oauth2.Token) (*tether.Connection, error) {
+	const op = "oauth: reauthorize"
+	c, err := m.node.Get(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	if c.ExternalID != org.ID {
+		return nil, &tether.Error{Code: tether.CodeInvalid, Op: op, Message: "the login reached another org than the connection's: nothing changed; log in to " + orDefault(c.RemoteName, c.ExternalID)}
+	}
+	if c.Status == tether.StatusDeleted {
+		return nil, &tether.Error{Code: tether.CodeInvalidTransition, Op: op, Message: "the connection was deleted meanwhile"}
+	}
+	blob, err := json.Marshal(storedToken{Access: tok.AccessToken, Refresh: tok.RefreshToken, Expiry: m.expiry(tok)})
+	if err != nil {
+		return nil, tether.Wrap(tether.CodeInternal, op, err)
+	}
+	for attempt := 0; ; attempt++ {
+		_, version, err := m.store.LoadOAuthToken(ctx, id)
+		if err != nil && tether.ErrorCode(err) != tether.CodeNotFound {
+			return nil, err
+		}
+		_, err = m.store.SaveOAuthToken(ctx, id, blob, version)
+		if err == nil {
+			break
+		}
+		if tether.ErrorCode(err) != tether.CodeConflict || attempt == 3 {
+			return nil, err
+		}
+	}
+	if c.Status == tether.StatusInactive {
+		return m.node.Transition(ctx, id, tether.ActionReauthorize, "re-authorized")
+	}
+	return c, nil
 }

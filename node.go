@@ -114,7 +114,6 @@ type Node struct {
 	keys      atomic.Pointer[keySet]
 	keyReload sync.Mutex   // serializes reloadKeys
 	keyReads  atomic.Int64 // reads reloadKeys began
-	swept     atomic.Int64 // the keys' version keyLoop last swept for
 	invites   *invitationParser
 	messages  *wire.Parser
 	replays   wire.ReplayCache

@@ -1,6 +1,7 @@
 package tether
 
 import (
+	"cmp"
 	"context"
 	"maps"
 )
@@ -42,7 +43,7 @@ func (n *Node) ConnectOrg(ctx context.Context, req OrgRequest) (*Connection, err
 		Status: StatusActive, ExternalID: req.ExternalID, RemoteName: req.OrgName,
 		Provider: req.Provider, CreatedBy: actorOf(ctx), CreatedAt: now, UpdatedAt: now,
 	}
-	evs := []Event{n.event(ctx, EventCreated, "connected to "+orDefaultText(req.OrgName, req.ExternalID))}
+	evs := []Event{n.event(ctx, EventCreated, "connected to "+cmp.Or(req.OrgName, req.ExternalID))}
 	prev, err := n.previousOrg(ctx, req.Owner, req.ExternalID)
 	if err != nil {
 		return nil, n.fail(ctx, op, err)
@@ -81,11 +82,4 @@ func (n *Node) previousOrg(ctx context.Context, owner, externalID string) (*Conn
 		}
 		opts.After = next
 	}
-}
-
-func orDefaultText(s, def string) string {
-	if s == "" {
-		return def
-	}
-	return s
 }

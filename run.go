@@ -90,15 +90,17 @@ func (n *Node) keyLoop(ctx context.Context) {
 	if n.shared {
 		every = idleRecheck
 	}
-	var swept time.Time
+	var (
+		swept        time.Time
+		sweptVersion int64 // the keys' version last swept for
+	)
 	for {
 		if n.shared {
 			n.reloadKeys(ctx)
 		}
 		ks := n.keys.Load()
-		if now := n.clock.Now(); len(ks.verify) > 1 && now.Sub(swept) >= rescanInterval || ks.version != n.swept.Load() {
-			swept = now
-			n.swept.Store(ks.version)
+		if now := n.clock.Now(); len(ks.verify) > 1 && now.Sub(swept) >= rescanInterval || ks.version != sweptVersion {
+			swept, sweptVersion = now, ks.version
 			if err := n.keySweep(ctx, ks); err != nil && ctx.Err() == nil {
 				n.log.WarnContext(ctx, "tether: move connections to the current key", "err", err)
 			}

@@ -1,6 +1,7 @@
 package oauth
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/base64"
@@ -62,7 +63,7 @@ func OIDC(name, issuer, authURL, tokenURL, userinfoURL, clientID, clientSecret s
 			if err != nil {
 				return Org{}, err
 			}
-			return Org{ID: issuer + "|" + info.Sub, Name: orDefault(info.Name, info.Sub)}, nil
+			return Org{ID: issuer + "|" + info.Sub, Name: cmp.Or(info.Name, info.Sub)}, nil
 		},
 	}
 }
@@ -114,13 +115,6 @@ func get(ctx context.Context, client *http.Client, u string) ([]byte, error) {
 		return nil, &tether.Error{Code: tether.CodeUnavailable, Op: op, Message: "the provider answered " + resp.Status}
 	}
 	return body, nil
-}
-
-func orDefault(s, def string) string {
-	if s == "" {
-		return def
-	}
-	return s
 }
 
 // Config configures a Manager.
@@ -333,7 +327,7 @@ func (m *Manager) Complete(ctx context.Context, query url.Values) (*tether.Conne
 		return m.reauthorized(actx, a.Connection, org, tok)
 	}
 	c, err := m.node.ConnectOrg(actx, tether.OrgRequest{
-		Owner: a.Owner, Name: orDefault(a.Name, orDefault(org.Name, org.ID)), ExternalID: org.ID, OrgName: org.Name, Provider: p.Name,
+		Owner: a.Owner, Name: cmp.Or(a.Name, org.Name, org.ID), ExternalID: org.ID, OrgName: org.Name, Provider: p.Name,
 	})
 	if err != nil {
 		return nil, err
@@ -364,7 +358,7 @@ func classify(op string, err error) error {
 		case "invalid_grant", "interaction_required", "invalid_client", "unauthorized_client":
 			return &tether.Error{Code: tether.CodeUnauthenticated, Op: op, Message: "the provider refused: " + sanitizeCode(re.ErrorCode)}
 		}
-		return &tether.Error{Code: tether.CodeUnavailable, Op: op, Message: "the provider's token endpoint failed: " + sanitizeCode(orDefault(re.ErrorCode, http.StatusText(statusOf(re))))}
+		return &tether.Error{Code: tether.CodeUnavailable, Op: op, Message: "the provider's token endpoint failed: " + sanitizeCode(cmp.Or(re.ErrorCode, http.StatusText(statusOf(re))))}
 	}
 	return &tether.Error{Code: tether.CodeUnavailable, Op: op, Message: "the provider's token endpoint could not be reached", Err: err}
 }
@@ -417,7 +411,7 @@ func (m *Manager) reauthorized(ctx context.Context, id string, org Org, tok *oau
 		return nil, err
 	}
 	if c.ExternalID != org.ID {
-		return nil, &tether.Error{Code: tether.CodeInvalid, Op: op, Message: "the login reached another org than the connection's: nothing changed; log in to " + orDefault(c.RemoteName, c.ExternalID)}
+		return nil, &tether.Error{Code: tether.CodeInvalid, Op: op, Message: "the login reached another org than the connection's: nothing changed; log in to " + cmp.Or(c.RemoteName, c.ExternalID)}
 	}
 	if c.Status == tether.StatusDeleted {
 		return nil, &tether.Error{Code: tether.CodeInvalidTransition, Op: op, Message: "the connection was deleted meanwhile"}

@@ -94,20 +94,11 @@ func (n *Node) applyNotice(ctx context.Context, id string, payload []byte) error
 	rctx := WithActor(ctx, ActorRemote)
 	switch nt.Type {
 	case noticePaused, noticeActivated:
-		status, t, detail := StatusPaused, EventPeerPaused, "paused by the partner"
+		status := StatusPaused
 		if nt.Type == noticeActivated {
-			status, t, detail = StatusActive, EventPeerActivated, "activated by the partner"
+			status = StatusActive
 		}
-		_, err := n.edit(rctx, op, id, func(c *Connection) (*Event, error) {
-			if c.Status == StatusDeleted || c.RemoteStatus == status || c.RemoteStatus == "" && status == StatusActive {
-				return nil, nil
-			}
-			c.RemoteStatus = status
-			ev := n.event(rctx, t, detail)
-			return &ev, nil
-		})
-		n.later(ctx, func() { n.signal(id) }) // the pusher waits for, or stops at, this
-		return err
+		return n.peerStatus(ctx, op, id, status)
 	case noticeDeleted:
 		return n.peerDeletedErr(rctx, id)
 	case noticeRekey:
@@ -138,6 +129,57 @@ func (n *Node) applyNotice(ctx context.Context, id string, payload []byte) error
 	// A notice of a later protocol version: nothing this side can do.
 	n.log.InfoContext(ctx, "tether: unknown notice from the peer skipped", "connection", id)
 	return nil
+}
+
+// peerStatus records that connection id's peer is now in status (paused
+// or active). A notice in order tells it; so does, while this side holds
+// and takes no data, the latest notice in a batch it refuses or the
+// status in a poll answer, because a notice queued behind data would not
+// reach a held side until it is active again. Telling it twice records
+// one event.
+func (n *Node) peerStatus(ctx context.Context, op, id string, status Status) error {
+	rctx := WithActor(ctx, ActorRemote)
+	t, detail := EventPeerPaused, "paused by the partner"
+	if status == StatusActive {
+		t, detail = EventPeerActivated, "activated by the partner"
+	}
+	_, err := n.edit(rctx, op, id, func(c *Connection) (*Event, error) {
+		if c.Status == StatusDeleted || c.RemoteStatus == status || c.RemoteStatus == "" && status == StatusActive {
+			return nil, nil
+		}
+		c.RemoteStatus = status
+		ev := n.event(rctx, t, detail)
+		return &ev, nil
+	})
+	n.later(ctx, func() { n.signal(id) }) // the pusher waits for, or stops at, this
+	return err
+}
+
+// heardStatus records the peer status announced by the last pause or
+// activation notice in msgs, a batch a held connection cannot take whole.
+func (n *Node) heardStatus(ctx context.Context, op, id string, msgs []Message) error {
+	if s := latestStatus(msgs); s != "" {
+		return n.peerStatus(ctx, op, id, s)
+	}
+	return nil
+}
+
+// latestStatus returns the status announced by the last pause or
+// activation notice in msgs, or "" when they hold none.
+func latestStatus(msgs []Message) Status {
+	for i := len(msgs) - 1; i >= 0; i-- {
+		var nt notice
+		if !msgs[i].Control || json.Unmarshal(msgs[i].Payload, &nt) != nil {
+			continue
+		}
+		switch nt.Type {
+		case noticePaused:
+			return StatusPaused
+		case noticeActivated:
+			return StatusActive
+		}
+	}
+	return ""
 }
 
 // acknowledged records that the peer has connection c's outbox up to upTo:

@@ -120,8 +120,15 @@ func (n *Node) pollOnce(ctx context.Context, p *puller) error {
 		if err != nil {
 			return err
 		}
-		// A paused side still polls, for the peer's notices only.
-		req.Connections = append(req.Connections, pollCursor{ID: c.RemoteConnection, Cursor: cursor, Paused: paused, Held: c.Status != StatusActive})
+		// A paused side still polls, for the peer's notices only. As it
+		// takes no data, a notice queued behind data does not reach it:
+		// it asks instead for the peer's status, answered at once when
+		// that differs from the one it recorded.
+		held := c.Status != StatusActive
+		if held {
+			paused = c.RemoteStatus == StatusPaused
+		}
+		req.Connections = append(req.Connections, pollCursor{ID: c.RemoteConnection, Cursor: cursor, Paused: paused, Held: held})
 		local[c.RemoteConnection] = c
 		polling[id] = c.Status == StatusActive
 		if first == nil {
@@ -180,6 +187,19 @@ func (n *Node) pollOnce(ctx context.Context, p *puller) error {
 		default:
 			if p.peerPaused(c.ID, false) {
 				n.signal(c.ID) // this side's pusher may be waiting out the pause
+			}
+		}
+		if !polling[c.ID] {
+			status := StatusActive
+			if b.Status == pollPaused {
+				status = StatusPaused
+			}
+			if err := n.peerStatus(ctx, op, c.ID, status); err != nil {
+				n.healthFail(ctx, c.ID, err, true)
+				if failed == nil {
+					failed = err
+				}
+				continue
 			}
 		}
 		if len(b.Messages) == 0 {

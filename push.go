@@ -234,12 +234,21 @@ func (n *Node) handlePush(ctx context.Context, req *Request) (*Response, error) 
 			}
 			msgs[i] = Message{ConnectionID: c.ID, Seq: m.Seq, Payload: m.Payload, Control: m.Control}
 		}
-		if c.Status != StatusActive && len(heldReceive(c.Status, msgs)) == 0 {
+		held := c.Status != StatusActive
+		if held && len(heldReceive(c.Status, msgs)) == 0 {
 			// Paused or inactive: no data, but notices that lead are
-			// taken, so this side learns of a deletion or a key change.
+			// taken, so this side learns of a deletion or a key change,
+			// and the peer's pause or activation is heard even when it
+			// waits behind data.
+			if err := n.heardStatus(ctx, op, c.ID, msgs); err != nil {
+				return nil, Wrap(CodeUnavailable, op, err)
+			}
 			return nil, n.deliverable(op, c)
 		}
 		cursor, err := n.deliver(ctx, c.ID, msgs)
+		if held && err == nil {
+			err = n.heardStatus(ctx, op, c.ID, msgs)
+		}
 		reply := pushReply{Acked: cursor}
 		if err != nil {
 			var e *Error

@@ -186,6 +186,11 @@ type Connection struct {
 	// Provider names, for KindOrg, the provider and org type the
 	// connection was made with (for example "salesforce-sandbox").
 	Provider string
+	// OrgType is, for KindOrg, the org's type as the provider shows it
+	// (for example "production", "sandbox", or a Dynamics 365
+	// environment's type and cloud). RemoteURL is the org's API base URL
+	// and RemoteName its display name.
+	OrgType string
 	// CreatedBy is the actor that created the connection ("on behalf of").
 	CreatedBy string
 
@@ -260,6 +265,12 @@ func (c *Connection) Validate() error {
 			checkText("LocalName", c.LocalName, 1, MaxShortNameLen),
 			checkText("RemoteName", c.RemoteName, 1, MaxShortNameLen),
 			checkURLSyntax("LocalURL", c.LocalURL, true),
+			checkURLSyntax("RemoteURL", c.RemoteURL, true),
+		)
+	} else {
+		checks = append(checks,
+			checkText("RemoteName", c.RemoteName, 0, MaxNameLen),
+			checkText("OrgType", c.OrgType, 0, MaxShortNameLen),
 			checkURLSyntax("RemoteURL", c.RemoteURL, true),
 		)
 	}

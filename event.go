@@ -21,6 +21,12 @@ const (
 	EventPeerActivated EventType = "peer_activated" // the partner resumed its side
 	EventKeyChanged    EventType = "key_changed"    // a signing key of this connection changed (this side's or the partner's)
 	EventKeyRevoked    EventType = "key_revoked"    // the host revoked the partner's key: the connection is inactive
+
+	// Org connections (recorded with Node.Note by the oauth package).
+	EventAuthFailing     EventType = "auth_failing"     // refreshing the credentials keeps failing: re-authorize before they lapse
+	EventAuthRecovered   EventType = "auth_recovered"   // credentials refresh again after auth_failing
+	EventCredentialsGone EventType = "credentials_gone" // a deleted connection's credentials were revoked at the provider or destroyed
+	EventOrgRefreshed    EventType = "org_refreshed"    // the org behind the connection was replaced (a refreshed sandbox)
 )
 
 // Event is one entry of a connection's history. Events are appended in the

@@ -150,6 +150,7 @@ func (n *Node) statusEpoch(id string) int64 {
 }
 
 func (n *Node) statusChanged(id string) {
+	n.statusChanges.Add(1)
 	v, ok := n.statuses.Load(id)
 	if !ok {
 		v, _ = n.statuses.LoadOrStore(id, new(atomic.Int64))

@@ -141,6 +141,8 @@ type Node struct {
 	kicked   map[string]bool // connections with a new notice: Run makes sure they have a pusher
 	running  atomic.Bool
 	health   healthCache
+
+	statusChanges atomic.Uint64 // status changes made here, to any connection (StatusChanges)
 }
 
 var _ Handler = (*Node)(nil)

@@ -20,6 +20,16 @@ type OrgRequest struct {
 	// RemoteName; Provider names the provider and org type.
 	OrgName  string
 	Provider string
+	// OrgType is the org's type as the provider shows it ("production",
+	// "sandbox", a Dynamics 365 environment type); URL is its API base
+	// URL. Both are kept on the connection (OrgType, RemoteURL).
+	OrgType string
+	URL     string
+	// ReuseFrom, when set, names a connection of the same owner whose
+	// settings and rules the new one takes (for example a refreshed
+	// sandbox's previous connection), instead of this team's newest
+	// deleted connection to the same org.
+	ReuseFrom string
 }
 
 // ConnectOrg creates an Active org connection (KindOrg) for an org whose
@@ -41,16 +51,28 @@ func (n *Node) ConnectOrg(ctx context.Context, req OrgRequest) (*Connection, err
 	c := &Connection{
 		ID: id, Kind: KindOrg, Owner: req.Owner, Name: req.Name, Description: req.Description,
 		Status: StatusActive, ExternalID: req.ExternalID, RemoteName: req.OrgName,
-		Provider: req.Provider, CreatedBy: actorOf(ctx), CreatedAt: now, UpdatedAt: now,
+		Provider: req.Provider, OrgType: req.OrgType, RemoteURL: req.URL,
+		CreatedBy: actorOf(ctx), CreatedAt: now, UpdatedAt: now,
 	}
 	evs := []Event{n.event(ctx, EventCreated, "connected to "+cmp.Or(req.OrgName, req.ExternalID))}
-	prev, err := n.previousOrg(ctx, req.Owner, req.ExternalID)
-	if err != nil {
-		return nil, n.fail(ctx, op, err)
+	var prev *Connection
+	why := ", this team's earlier connection to the org"
+	if req.ReuseFrom != "" {
+		p, err := n.store.GetConnection(ctx, req.ReuseFrom)
+		if err != nil || p.Owner != req.Owner || p.Kind != KindOrg {
+			return nil, &Error{Code: CodeNotFound, Op: op, Message: "ReuseFrom names no org connection of this owner"}
+		}
+		prev, why = p, ""
+	} else {
+		p, err := n.previousOrg(ctx, req.Owner, req.ExternalID)
+		if err != nil {
+			return nil, n.fail(ctx, op, err)
+		}
+		prev = p
 	}
 	if prev != nil {
 		c.Settings, c.Rules, c.RulesVersion = maps.Clone(prev.Settings), prev.Rules, prev.RulesVersion
-		evs = append(evs, n.event(ctx, EventUpdated, "settings and rules reused from "+prev.ID+", this team's earlier connection to the org"))
+		evs = append(evs, n.event(ctx, EventUpdated, "settings and rules reused from "+prev.ID+why))
 	}
 	if err := c.Validate(); err != nil {
 		return nil, withOp(op, err)
@@ -82,4 +104,29 @@ func (n *Node) previousOrg(ctx context.Context, owner, externalID string) (*Conn
 		}
 		opts.After = next
 	}
+}
+
+// Note records an event of an org connection that changes nothing else:
+// EventAuthFailing, EventAuthRecovered, EventCredentialsGone or
+// EventOrgRefreshed, with the acting user of ctx (WithActor). It is how
+// adapters such as the oauth package report what they see; deleted
+// connections take notes too, so their history stays complete.
+func (n *Node) Note(ctx context.Context, id string, t EventType, detail string) error {
+	const op = "tether: note"
+	switch t {
+	case EventAuthFailing, EventAuthRecovered, EventCredentialsGone, EventOrgRefreshed:
+	default:
+		return invalidf(op, "EventType", "%q is not an event Note records", t)
+	}
+	if err := checkText("detail", detail, 1, MaxDescriptionLen); err != nil {
+		return withOp(op, err)
+	}
+	_, err := n.edit(ctx, op, id, func(c *Connection) (*Event, error) {
+		if c.Kind != KindOrg {
+			return nil, &Error{Code: CodeInvalid, Op: op, Message: "notes are for org connections"}
+		}
+		ev := n.event(ctx, t, detail)
+		return &ev, nil
+	})
+	return err
 }

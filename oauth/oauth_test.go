@@ -2,6 +2,7 @@ package oauth_test
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"net/url"
 	"strings"
@@ -91,7 +92,7 @@ func TestConnect(t *testing.T) {
 	e := newEnv(t)
 	ctx := tether.WithActor(context.Background(), "ada@team-a")
 	q := e.login(t, ctx, oauth.BeginRequest{Provider: "test-op", Owner: "team-a", Name: "Production", LoginHint: "org-1"})
-	c, err := e.m.Complete(context.Background(), q)
+	c, err := connection(e.m.Complete(context.Background(), q))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -149,11 +150,11 @@ func TestCallbackRefusals(t *testing.T) {
 func TestOneOrgPerTeam(t *testing.T) {
 	e := newEnv(t)
 	ctx := context.Background()
-	first, err := e.m.Complete(ctx, e.login(t, ctx, oauth.BeginRequest{Provider: "test-op", Owner: "team-a", LoginHint: "org-shared"}))
+	first, err := connection(e.m.Complete(ctx, e.login(t, ctx, oauth.BeginRequest{Provider: "test-op", Owner: "team-a", LoginHint: "org-shared"})))
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, err = e.m.Complete(ctx, e.login(t, ctx, oauth.BeginRequest{Provider: "test-op", Owner: "team-b", LoginHint: "org-shared"}))
+	_, err = connection(e.m.Complete(ctx, e.login(t, ctx, oauth.BeginRequest{Provider: "test-op", Owner: "team-b", LoginHint: "org-shared"})))
 	if tether.ErrorCode(err) != tether.CodeOrgTaken {
 		t.Fatalf("a second team connecting the same org: %v, want org_taken", err)
 	}
@@ -163,7 +164,7 @@ func TestOneOrgPerTeam(t *testing.T) {
 	if _, err := e.node.Delete(ctx, first.ID); err != nil {
 		t.Fatal(err)
 	}
-	again, err := e.m.Complete(ctx, e.login(t, ctx, oauth.BeginRequest{Provider: "test-op", Owner: "team-a", LoginHint: "org-shared"}))
+	again, err := connection(e.m.Complete(ctx, e.login(t, ctx, oauth.BeginRequest{Provider: "test-op", Owner: "team-a", LoginHint: "org-shared"})))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -177,4 +178,16 @@ func TestOneOrgPerTeam(t *testing.T) {
 	if len(evs) != 2 || !strings.Contains(evs[1].Detail, first.ID) {
 		t.Fatalf("events: %+v", evs)
 	}
+}
+
+// connection returns the connection a completed login created, failing
+// when the login asks for a choice instead.
+func connection(res *oauth.Result, err error) (*tether.Connection, error) {
+	if err != nil {
+		return nil, err
+	}
+	if res.Connection == nil {
+		return nil, fmt.Errorf("the login asks for a choice among %+v", res.Choices)
+	}
+	return res.Connection, nil
 }

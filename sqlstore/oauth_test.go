@@ -91,6 +91,65 @@ func TestOAuthSealed(t *testing.T) {
 	})
 }
 
+// SECURITY.md 33: a sealed OAuth token or state tampered with in the
+// database, at any byte, is refused with CodeInvalid and no data, never
+// opened as garbage; restored, it opens again.
+func TestOAuthTampered(t *testing.T) {
+	dialects(t, func(t *testing.T, db *sql.DB, d sqlstore.Dialect) {
+		ctx := context.Background()
+		s := newStore(t, db, d, testKey(t))
+		org := storetest.NewOrg(1, "team-a", "00D000000000001EAA")
+		if err := s.CreateConnection(ctx, org); err != nil {
+			t.Fatal(err)
+		}
+		token := []byte(`{"access":"00Dxx!AQ4AQSecretAccess","refresh":"5Aep861SecretRefresh"}`)
+		if _, err := s.SaveOAuthToken(ctx, org.ID, token, 0); err != nil {
+			t.Fatal(err)
+		}
+		var sealed []byte
+		if err := db.QueryRow(rebind(d, `SELECT data FROM tether_oauth_tokens WHERE connection_id = ?`), org.ID).Scan(&sealed); err != nil {
+			t.Fatal(err)
+		}
+		for _, i := range []int{0, 5, len(sealed) / 2, len(sealed) - 1} {
+			bad := bytes.Clone(sealed)
+			bad[i] ^= 0x01
+			if _, err := db.Exec(rebind(d, `UPDATE tether_oauth_tokens SET data = ? WHERE connection_id = ?`), bad, org.ID); err != nil {
+				t.Fatal(err)
+			}
+			if got, _, err := s.LoadOAuthToken(ctx, org.ID); tether.ErrorCode(err) != tether.CodeInvalid || got != nil {
+				t.Fatalf("token byte %d tampered: LoadOAuthToken = %q, %v; want no data and an invalid-data error", i, got, err)
+			}
+		}
+		if _, err := db.Exec(rebind(d, `UPDATE tether_oauth_tokens SET data = ? WHERE connection_id = ?`), sealed, org.ID); err != nil {
+			t.Fatal(err)
+		}
+		if got, _, err := s.LoadOAuthToken(ctx, org.ID); err != nil || !bytes.Equal(got, token) {
+			t.Fatalf("the restored token: %q, %v", got, err)
+		}
+
+		verifier := []byte(`{"verifier":"dBjftJeZ4CVP-mB92K27uhbUJU1p1r"}`)
+		for n, i := range []int{0, 5, -2, -1} {
+			key := fmt.Sprint("state-", n)
+			if err := s.PutOAuthState(ctx, key, verifier, time.Now().Add(time.Hour)); err != nil {
+				t.Fatal(err)
+			}
+			if err := db.QueryRow(rebind(d, `SELECT data FROM tether_oauth_states WHERE key = ?`), key).Scan(&sealed); err != nil {
+				t.Fatal(err)
+			}
+			if i < 0 {
+				i += len(sealed)
+			}
+			sealed[i] ^= 0x01
+			if _, err := db.Exec(rebind(d, `UPDATE tether_oauth_states SET data = ? WHERE key = ?`), sealed, key); err != nil {
+				t.Fatal(err)
+			}
+			if got, err := s.TakeOAuthState(ctx, key, time.Now()); tether.ErrorCode(err) != tether.CodeInvalid || got != nil {
+				t.Fatalf("state byte %d tampered: TakeOAuthState = %q, %v; want no data and an invalid-data error", i, got, err)
+			}
+		}
+	})
+}
+
 // Expired states are purged now and then by TakeOAuthState, not only the
 // one taken.
 func TestOAuthStatesPurged(t *testing.T) {

@@ -1,18 +1,19 @@
-// Package oauthtest runs a real OpenID Connect provider for tether's tests:
-// panva's certified oidc-provider (pinned in op/package-lock.json), as a
-// node subprocess on a loopback port. It requires PKCE S256, rotates
-// refresh tokens (reusing a rotated one revokes the grant), revokes tokens
-// (RFC 7009) and sends iss in the callback (RFC 9207), like the providers
-// tether connects to; login and consent are headless, so a test's HTTP
-// client plays the browser.
+// Package oauthtest runs a real OpenID Connect provider for tether's tests
+// and examples: panva's certified oidc-provider (pinned in
+// op/package-lock.json), as a node subprocess on a loopback port. It
+// requires PKCE S256, rotates refresh tokens (reusing a rotated one
+// revokes the grant), revokes tokens (RFC 7009) and sends iss in the
+// callback (RFC 9207), like the providers tether connects to; login and
+// consent are headless, so an HTTP client plays the browser.
 //
-// Start skips the test when node or the installed package is missing,
+// Launch starts a provider for a program; Start starts one for a test,
+// and skips the test when node or the installed package is missing,
 // naming what is missing, unless TETHER_REQUIRE_NODE is set (CI sets it):
 // then it fails.
 package oauthtest
 
 import (
-	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -24,104 +25,187 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
 
-// OP is a running provider with one confidential client.
+// Install is the command, run in the module's root, that installs the
+// provider's npm package.
+const Install = "npm ci --prefix internal/oauthtest/op"
+
+// ErrUnavailable is what the errors of Unavailable and Launch wrap when
+// the provider cannot run here: node or its npm package is missing.
+var ErrUnavailable = errors.New("oauthtest: the test OAuth server cannot run")
+
+// OP is a running provider with one confidential client. Its endpoints
+// are oidc-provider's: Issuer+"/auth" (authorization), "/token",
+// "/me" (userinfo) and "/token/revocation" (RFC 7009).
 type OP struct {
 	Issuer       string
 	ClientID     string
 	ClientSecret string
 	RedirectURI  string // the first registered redirect URI
+
+	cmd   *exec.Cmd
+	done  chan struct{} // closed when the process has ended and been waited for
+	close sync.Once
 }
 
-// Options tune Start; zero values are defaults.
+// Options tune Launch and Start; zero values are defaults.
 type Options struct {
 	RedirectURIs []string      // registered redirect URIs (one loopback URI when empty)
-	AccessTTL    time.Duration // access token lifetime (60 s)
-	RefreshTTL   time.Duration // refresh token lifetime (1 h)
+	AccessTTL    time.Duration // access token lifetime, in whole seconds (60 s)
+	RefreshTTL   time.Duration // refresh token lifetime, in whole seconds (1 h)
 }
 
-// opDir is the directory of server.mjs and its node_modules.
-func opDir() string {
+// readyTimeout bounds how long the provider may take to start.
+const readyTimeout = 30 * time.Second
+
+// paths returns node's path and the directory of server.mjs and its
+// node_modules, or an error wrapping ErrUnavailable naming what is
+// missing.
+func paths() (node, dir string, err error) {
 	_, file, _, _ := runtime.Caller(0)
-	return filepath.Join(filepath.Dir(file), "op")
+	dir = filepath.Join(filepath.Dir(file), "op")
+	node, err = exec.LookPath("node")
+	if err != nil {
+		return "", "", fmt.Errorf("%w: node is not on PATH (install node, then: %s)", ErrUnavailable, Install)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "node_modules", "oidc-provider", "package.json")); err != nil {
+		return "", "", fmt.Errorf("%w: the npm package oidc-provider is not installed in %s (install it: %s)", ErrUnavailable, dir, Install)
+	}
+	return node, dir, nil
 }
 
-// Start starts a provider that stops when the test ends.
+// Unavailable reports why the provider cannot run here, with an error
+// wrapping ErrUnavailable that names what is missing and how to install
+// it; nil when node and the npm package are there.
+func Unavailable() error {
+	_, _, err := paths()
+	return err
+}
+
+// Require skips t when the provider cannot run here, naming what is
+// missing, or fails it when TETHER_REQUIRE_NODE is set.
+func Require(t testing.TB) {
+	t.Helper()
+	if err := Unavailable(); err != nil {
+		if os.Getenv("TETHER_REQUIRE_NODE") != "" {
+			t.Fatalf("%v; TETHER_REQUIRE_NODE is set, so this fails instead of skipping", err)
+		}
+		t.Skip(err)
+	}
+}
+
+// Start starts a provider that stops when the test ends. It skips the
+// test, or fails it, as Require does when the provider cannot run.
 func Start(t testing.TB, opts Options) *OP {
 	t.Helper()
-	unavailable := func(why string) {
-		t.Helper()
-		if os.Getenv("TETHER_REQUIRE_NODE") != "" {
-			t.Fatalf("the test OAuth server cannot run: %s (CI installs it with npm ci --prefix internal/oauthtest/op)", why)
-		}
-		t.Skipf("the test OAuth server cannot run: %s (install node, then npm ci --prefix internal/oauthtest/op)", why)
-	}
-	node, err := exec.LookPath("node")
+	Require(t)
+	op, err := Launch(context.Background(), opts)
 	if err != nil {
-		unavailable("node is not on PATH")
+		t.Fatal(err)
 	}
-	dir := opDir()
-	if _, err := os.Stat(filepath.Join(dir, "node_modules", "oidc-provider", "package.json")); err != nil {
-		unavailable("the npm package oidc-provider is not installed in " + dir)
+	t.Cleanup(op.Close)
+	return op
+}
+
+// Launch starts a provider and returns once it answers. It runs until
+// Close is called or ctx ends, whichever comes first; the process also
+// ends when the one that launched it does, as it stops at the end of its
+// stdin. When node or the npm package is missing the error wraps
+// ErrUnavailable and names what is missing.
+func Launch(ctx context.Context, opts Options) (*OP, error) {
+	node, dir, err := paths()
+	if err != nil {
+		return nil, err
 	}
-	op := &OP{ClientID: "tether", ClientSecret: "tether-test-secret"}
+	op := &OP{ClientID: "tether", ClientSecret: "tether-test-secret", done: make(chan struct{})}
 	uris := opts.RedirectURIs
 	if len(uris) == 0 {
 		uris = []string{"http://127.0.0.1/oauth/callback"}
 	}
 	op.RedirectURI = uris[0]
-	cmd := exec.Command(node, "server.mjs")
-	cmd.Dir = dir
-	cmd.Env = append(os.Environ(),
+	ready := make(chan string, 1)
+	var stderr bytes.Buffer
+	op.cmd = exec.CommandContext(ctx, node, "server.mjs")
+	op.cmd.Dir = dir
+	op.cmd.Env = append(os.Environ(),
 		"OP_CLIENT_ID="+op.ClientID, "OP_CLIENT_SECRET="+op.ClientSecret,
 		"OP_REDIRECT_URIS="+strings.Join(uris, ","),
-		fmt.Sprintf("OP_ACCESS_TTL=%d", seconds(opts.AccessTTL, 60)),
-		fmt.Sprintf("OP_REFRESH_TTL=%d", seconds(opts.RefreshTTL, 3600)),
+		"OP_ACCESS_TTL="+seconds(opts.AccessTTL, time.Minute),
+		"OP_REFRESH_TTL="+seconds(opts.RefreshTTL, time.Hour),
 	)
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
+	op.cmd.Stdout = &readyWriter{ready: ready}
+	op.cmd.Stderr = &limited{w: &stderr, n: 64 << 10}
+	op.cmd.WaitDelay = 5 * time.Second
+	if _, err := op.cmd.StdinPipe(); err != nil { // held open until the process is waited for
+		return nil, fmt.Errorf("oauthtest: start the test OAuth server: %w", err)
 	}
-	var stderr strings.Builder
-	cmd.Stderr = &limited{w: &stderr, n: 64 << 10}
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("start the test OAuth server: %v", err)
+	if err := op.cmd.Start(); err != nil {
+		return nil, fmt.Errorf("oauthtest: start the test OAuth server: %w", err)
 	}
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		_ = cmd.Wait()
-	})
-	ready := make(chan string, 1)
 	go func() {
-		sc := bufio.NewScanner(stdout)
-		for sc.Scan() {
-			if issuer, ok := strings.CutPrefix(sc.Text(), "OP ready "); ok {
-				ready <- issuer
-			}
-		}
-		close(ready)
+		_ = op.cmd.Wait()
+		close(op.done)
 	}()
+	timer := time.NewTimer(readyTimeout)
+	defer timer.Stop()
 	select {
-	case issuer, ok := <-ready:
-		if !ok {
-			t.Fatalf("the test OAuth server ended before it was ready:\n%s", stderr.String())
-		}
+	case issuer := <-ready:
 		op.Issuer = issuer
-	case <-time.After(30 * time.Second):
-		t.Fatalf("the test OAuth server was not ready within 30 s:\n%s", stderr.String())
+		return op, nil
+	case <-op.done:
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("oauthtest: start the test OAuth server: %w", ctx.Err())
+		}
+		return nil, fmt.Errorf("oauthtest: the test OAuth server ended before it was ready (%s):\n%s", op.cmd.ProcessState, stderr.String())
+	case <-timer.C:
+		op.Close()
+		return nil, fmt.Errorf("oauthtest: the test OAuth server was not ready within %v:\n%s", readyTimeout, stderr.String())
 	}
-	return op
 }
 
-func seconds(d, def time.Duration) int64 {
+// Close stops the provider and returns once its process has ended. It
+// may be called more than once.
+func (op *OP) Close() {
+	op.close.Do(func() { _ = op.cmd.Process.Kill() })
+	<-op.done
+}
+
+func seconds(d, def time.Duration) string {
 	if d <= 0 {
-		return int64(def)
+		d = def
 	}
-	return int64(d / time.Second)
+	return strconv.FormatInt(int64(d/time.Second), 10)
+}
+
+// readyWriter takes the provider's output: it sends the issuer of the
+// first "OP ready <issuer>" line to ready and drops the rest.
+type readyWriter struct {
+	ready chan<- string
+	line  []byte
+	sent  bool
+}
+
+func (w *readyWriter) Write(p []byte) (int, error) {
+	for _, b := range p {
+		if b != '\n' {
+			if len(w.line) < 4<<10 {
+				w.line = append(w.line, b)
+			}
+			continue
+		}
+		if issuer, ok := strings.CutPrefix(string(w.line), "OP ready "); ok && !w.sent {
+			w.ready <- issuer
+			w.sent = true
+		}
+		w.line = w.line[:0]
+	}
+	return len(p), nil
 }
 
 // limited writes at most n bytes to w and drops the rest.
@@ -140,9 +224,9 @@ func (l *limited) Write(p []byte) (int, error) {
 }
 
 // Authorize plays the user's browser: it opens authURL, goes through the
-// headless login (as account, via login_hint when authURL has none) and
-// consent, and returns the URL the provider redirects to at the client's
-// redirect URI, without following it.
+// headless login (as the account named by authURL's login_hint,
+// "user-1" without one) and consent, and returns the URL the provider
+// redirects to at the client's redirect URI, without following it.
 func (op *OP) Authorize(ctx context.Context, authURL string) (*url.URL, error) {
 	jar, _ := cookiejar.New(nil)
 	var final *url.URL

@@ -3,6 +3,8 @@ package oauthtest_test
 import (
 	"context"
 	"errors"
+	"net/http"
+	"strings"
 	"sync"
 	"testing"
 
@@ -116,4 +118,45 @@ func TestProvider(t *testing.T) {
 			t.Fatalf("two refreshes with one token: %v, %v; want one success", errs[0], errs[1])
 		}
 	})
+}
+
+// A launched provider answers until its ctx ends, and Close returns once
+// it has stopped; Close may be called again.
+func TestLaunchStops(t *testing.T) {
+	oauthtest.Require(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	op, err := oauthtest.Launch(ctx, oauthtest.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	discovery := op.Issuer + "/.well-known/openid-configuration"
+	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
+	resp, err := client.Get(discovery)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("discovery: %s", resp.Status)
+	}
+	cancel()
+	op.Close()
+	if resp, err := client.Get(discovery); err == nil {
+		resp.Body.Close()
+		t.Fatalf("the provider still answers after its ctx ended: %s", resp.Status)
+	}
+	op.Close()
+}
+
+// Without node, Unavailable and Launch say what is missing and how to
+// install it.
+func TestUnavailable(t *testing.T) {
+	t.Setenv("PATH", t.TempDir())
+	_, launchErr := oauthtest.Launch(context.Background(), oauthtest.Options{})
+	for _, err := range []error{oauthtest.Unavailable(), launchErr} {
+		if !errors.Is(err, oauthtest.ErrUnavailable) || !strings.Contains(err.Error(), "node is not on PATH") || !strings.Contains(err.Error(), oauthtest.Install) {
+			t.Errorf("without node: %v", err)
+		}
+	}
 }

@@ -8,7 +8,9 @@
 //   OP_CLIENT_ID, OP_CLIENT_SECRET  one confidential client
 //   OP_REDIRECT_URIS                its redirect URIs, comma-separated
 //   OP_ACCESS_TTL, OP_REFRESH_TTL   token lifetimes in seconds (60, 3600)
-// It listens on a free loopback port and prints "OP ready <issuer>".
+// It listens on a free loopback port and prints "OP ready <issuer>". It
+// ends at the end of its stdin: when the process that started it ends,
+// even one killed before it could stop the server.
 //
 // Test routes:
 //   POST /test/withdraw/<account>   the user withdraws the app: every grant
@@ -93,3 +95,5 @@ server.listen(0, '127.0.0.1', () => {
 });
 
 process.on('SIGTERM', () => process.exit(0));
+process.stdin.on('end', () => process.exit(0));
+process.stdin.resume();

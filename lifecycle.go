@@ -181,6 +181,12 @@ func (n *Node) editWith(ctx context.Context, op, id string, change func(*Connect
 	var out *Connection
 	err := retryOnConflict(func() error {
 		c, err := n.store.GetConnection(ctx, id)
+		if err == nil {
+			err = visible(ctx, op, c)
+		}
+		if err == nil {
+			err = unchanged(ctx, op, c)
+		}
 		if err != nil {
 			return err
 		}
@@ -274,7 +280,7 @@ func (n *Node) Transition(ctx context.Context, id string, action Action, detail 
 		return nil, withOp(op, err)
 	}
 	if action == ActionReauthorize {
-		if c, err := n.store.GetConnection(ctx, id); err == nil && c.Kind == KindPeer {
+		if c, err := n.store.GetConnection(ctx, id); err == nil && visible(ctx, op, c) == nil && c.Kind == KindPeer {
 			// Trusting the revoked key again is not a recovery.
 			return nil, &Error{Code: CodeInvalid, Op: op, Message: "a peer connection is re-paired with Reauthorize, which pins new keys"}
 		}

@@ -286,13 +286,23 @@ func (n *Node) emit(id string, evs ...Event) {
 
 // Get returns a connection by ID, deleted ones included.
 func (n *Node) Get(ctx context.Context, id string) (*Connection, error) {
+	const op = "tether: get"
 	c, err := n.store.GetConnection(ctx, id)
-	return c, n.fail(ctx, "tether: get", err)
+	if err == nil {
+		err = visible(ctx, op, c)
+	}
+	if err != nil {
+		return nil, n.fail(ctx, op, err)
+	}
+	return c, nil
 }
 
 // List returns a page of connections matching opts and the cursor of the
 // next page (empty when there is none).
 func (n *Node) List(ctx context.Context, opts ListOptions) ([]*Connection, string, error) {
+	if o, ok := OwnerOf(ctx); ok {
+		opts.Owner = o
+	}
 	conns, next, err := n.store.ListConnections(ctx, opts)
 	return conns, next, n.fail(ctx, "tether: list", err)
 }
@@ -300,6 +310,16 @@ func (n *Node) List(ctx context.Context, opts ListOptions) ([]*Connection, strin
 // Events returns a connection's history after sequence number after, oldest
 // first, at most limit entries (0: 100). It works for deleted connections.
 func (n *Node) Events(ctx context.Context, id string, after int64, limit int) ([]Event, error) {
+	const op = "tether: events"
+	if _, ok := OwnerOf(ctx); ok {
+		c, err := n.store.GetConnection(ctx, id)
+		if err == nil {
+			err = visible(ctx, op, c)
+		}
+		if err != nil {
+			return nil, n.fail(ctx, op, err)
+		}
+	}
 	evs, err := n.store.ListEvents(ctx, id, after, limit)
-	return evs, n.fail(ctx, "tether: events", err)
+	return evs, n.fail(ctx, op, err)
 }

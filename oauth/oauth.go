@@ -392,6 +392,9 @@ func (m *Manager) Complete(ctx context.Context, query url.Values) (*Result, erro
 	if !ok || a.Redirect != m.redirect {
 		return refuse("the login was begun for a provider or redirect this manager does not have")
 	}
+	if !sameCaller(ctx, a) {
+		return refuse("the login was begun by another team or user: start the connection again")
+	}
 	if p.Issuer != "" && query.Get("iss") != p.Issuer {
 		// RFC 9207: a provider with an issuer says who answers; a
 		// mix-up sends the user back from another one.
@@ -506,6 +509,9 @@ func (m *Manager) Choose(ctx context.Context, choice, orgID string) (*tether.Con
 	if !ok {
 		return nil, &tether.Error{Code: tether.CodeInvalid, Op: op, Message: "the login was begun for a provider this manager does not have"}
 	}
+	if !sameCaller(ctx, pd.Attempt) {
+		return nil, &tether.Error{Code: tether.CodeInvalid, Op: op, Message: "the login was begun by another team or user: start the connection again"}
+	}
 	for _, c := range pd.Candidates {
 		if c.ID == orgID {
 			if pd.Attempt.Actor != "" {
@@ -597,6 +603,21 @@ func sanitizeCode(s string) string {
 		return "unrecognized_error"
 	}
 	return s
+}
+
+// sameCaller reports whether ctx's caller may finish attempt a: when ctx
+// is scoped to an owner (tether.WithOwner), a must have been begun for
+// that owner, and, when both ctx and a name an actor, by that actor. So a login
+// begun by one team cannot be finished in another's session (a login
+// CSRF would otherwise connect the victim's org to the attacker's team).
+func sameCaller(ctx context.Context, a attempt) bool {
+	if o, ok := tether.OwnerOf(ctx); ok && o != a.Owner {
+		return false
+	}
+	if actor := tether.ActorOf(ctx); actor != tether.ActorLocal && a.Actor != "" && a.Actor != tether.ActorLocal && actor != a.Actor {
+		return false
+	}
+	return true
 }
 
 // Callback returns the handler to mount at Config.RedirectURL, under any

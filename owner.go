@@ -1,0 +1,60 @@
+package tether
+
+import "context"
+
+type ownerKey struct{}
+
+// WithOwner returns a context that scopes a Node's calls to one owner (a
+// team or tenant), for hosts that serve several from one Node:
+//
+//   - Get, Events, Update, Pause, Activate, Delete, RevokeInvitation,
+//     Transition, Reauthorize and RevokePeerKey answer a connection of
+//     another owner exactly as one that does not exist: CodeNotFound.
+//   - List lists only the owner's connections, whatever ListOptions.Owner
+//     says.
+//
+// Initiate, Accept and ConnectOrg take the owner from their request, as
+// without a scope. The scope is what an admin API puts on every request
+// after it authenticated the caller, so that no route can forget the check.
+func WithOwner(ctx context.Context, owner string) context.Context {
+	return context.WithValue(ctx, ownerKey{}, owner)
+}
+
+// OwnerOf returns the owner WithOwner put in ctx, and whether there is one.
+func OwnerOf(ctx context.Context) (string, bool) {
+	o, ok := ctx.Value(ownerKey{}).(string)
+	return o, ok
+}
+
+// visible checks that c may be seen under ctx's owner scope.
+func visible(ctx context.Context, op string, c *Connection) error {
+	if o, ok := OwnerOf(ctx); ok && c.Owner != o {
+		return notFound(op)
+	}
+	return nil
+}
+
+// notFound is the error for a connection that does not exist, or is out
+// of the caller's owner scope: the two are answered alike.
+func notFound(op string) error {
+	return &Error{Code: CodeNotFound, Op: op, Message: "no such connection"}
+}
+
+type versionKey struct{}
+
+// IfVersion returns a context under which Update, Pause, Activate, Delete,
+// RevokeInvitation, Transition and Reauthorize change a connection only if
+// its Version is still version (CodeConflict otherwise, with nothing
+// changed): optimistic concurrency for an editor that showed the
+// connection at that version (an HTTP If-Match).
+func IfVersion(ctx context.Context, version int64) context.Context {
+	return context.WithValue(ctx, versionKey{}, version)
+}
+
+// unchanged checks c against ctx's IfVersion, if any.
+func unchanged(ctx context.Context, op string, c *Connection) error {
+	if v, ok := ctx.Value(versionKey{}).(int64); ok && c.Version != v {
+		return &Error{Code: CodeConflict, Op: op, Message: "the connection changed since it was read: reload it"}
+	}
+	return nil
+}

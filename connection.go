@@ -151,6 +151,10 @@ type Connection struct {
 
 	LocalURL  string // this side's endpoint when the connection was made; empty: this side is private
 	RemoteURL string // the remote side's endpoint; empty: the remote side is private
+	// RemoteAdminURL is the partner's admin page, when it shares one
+	// (its Config.AdminURL): where a page's "Go to remote" leads. Always
+	// an absolute http or https URL, or empty.
+	RemoteAdminURL string
 
 	// LocalKeyID is the ID of this instance's key that the peer pinned:
 	// requests on this connection are signed with it.

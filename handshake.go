@@ -87,7 +87,7 @@ func (n *Node) Initiate(ctx context.Context, req InitiateRequest) (*Connection, 
 		ID: jti, Issuer: ks.instance, Connection: id,
 		Name: c.Name, Description: c.Description,
 		InitiatorName: c.LocalName, AcceptorName: c.RemoteName, Mode: c.Mode,
-		Endpoint: n.endpoint, Destination: req.Destination,
+		Endpoint: n.endpoint, Destination: req.Destination, AdminURL: n.adminURL,
 		IssuedAt: now, NotBefore: now, ExpiresAt: c.InvitationExpires,
 		Version: InvitationVersion,
 	}, ks.current)
@@ -99,7 +99,10 @@ func (n *Node) Initiate(ctx context.Context, req InitiateRequest) (*Connection, 
 		detail = "invitation issued; destination private"
 	}
 	ev := n.event(ctx, EventCreated, detail)
-	if err := n.store.CreateConnection(ctx, c, ev); err != nil {
+	start := n.metrics.start()
+	err = n.store.CreateConnection(ctx, c, ev)
+	n.metrics.storeCall(ctx, StoreCreateConnection, start, err)
+	if err != nil {
 		return nil, "", n.fail(ctx, op, err)
 	}
 	n.later(ctx, func() { n.emit(c.ID, ev) })
@@ -208,10 +211,12 @@ func (n *Node) Accept(ctx context.Context, code string, opts AcceptOptions) (*Co
 	case err == nil:
 		return n.confirmAcceptance(ctx, op, c, stored, reply)
 	case !stored && refusedUnsigned(err) == CodeKeyMismatch:
+		n.metrics.handshake(ctx, RoleAcceptor, OutcomeRefused)
 		return nil, &Error{Code: CodeKeyMismatch, Op: op, Message: "the initiator answered with a key other than the one its invitation pinned: acceptance aborted"}
 	case !stored && refusedUnsigned(err) != "":
 		// The initiator refused without a signature: nothing is stored, so
 		// nothing changes; say what it claimed.
+		n.metrics.handshake(ctx, RoleAcceptor, OutcomeRefused)
 		return nil, &Error{Code: refusedUnsigned(err), Op: op, Message: "the initiator refused the acceptance (its answer was not signed)", Err: err}
 	case transient(err) || stored && !final(err):
 		if !stored {
@@ -221,10 +226,13 @@ func (n *Node) Accept(ctx context.Context, code string, opts AcceptOptions) (*Co
 		}
 		n.healthFail(ctx, c.ID, err, true)
 		n.notifyChanged()
+		n.metrics.handshake(ctx, RoleAcceptor, OutcomeFailed)
 		return nil, err
 	default:
 		if stored {
-			n.abandonAcceptance(ctx, c.ID, "the initiator refused the acceptance: "+string(ErrorCode(err)))
+			n.abandonAcceptance(ctx, c.ID, OutcomeRefused, "the initiator refused the acceptance: "+string(ErrorCode(err)))
+		} else {
+			n.metrics.handshake(ctx, RoleAcceptor, OutcomeRefused)
 		}
 		return nil, err
 	}
@@ -290,7 +298,7 @@ func (n *Node) acceptance(ctx context.Context, op string, inv *Invitation, opts 
 		Name: inv.Name, Description: inv.Description,
 		LocalName: local, RemoteName: inv.InitiatorName,
 		Mode: inv.Mode, Status: StatusPending, Role: RoleAcceptor,
-		LocalURL: n.endpoint, RemoteURL: inv.Endpoint,
+		LocalURL: n.endpoint, RemoteURL: inv.Endpoint, RemoteAdminURL: inv.AdminURL,
 		LocalKeyID:     n.keys.Load().current.ID,
 		RemoteInstance: inv.Issuer, RemoteKey: inv.Key, RemoteConnection: inv.Connection,
 		Invitation: inv.ID, InvitationExpires: inv.ExpiresAt,
@@ -311,7 +319,9 @@ func (n *Node) storeAcceptance(ctx context.Context, op string, inv *Invitation, 
 // consumeAcceptance creates this side's connection for an invitation with
 // its events, recording the invitation (issuer and ID) as used here.
 func (n *Node) consumeAcceptance(ctx context.Context, op string, c *Connection, evs ...Event) error {
+	start := n.metrics.start()
 	err := n.store.ConsumeInvitation(ctx, c.RemoteInstance+"/"+c.Invitation, acceptanceDeadline(c), c, evs...)
+	n.metrics.storeCall(ctx, StoreConsumeInvitation, start, err)
 	if ErrorCode(err) == CodeAlreadyExists || ErrorCode(err) == CodeAlreadyUsed {
 		return &Error{Code: CodeAlreadyUsed, Op: op, Message: "invitation was already accepted on this instance"}
 	}
@@ -330,6 +340,9 @@ func (n *Node) confirmAcceptance(ctx context.Context, op string, c *Connection, 
 	apply := func(c *Connection) {
 		c.Status = StatusActive
 		c.RemoteKey, c.RemoteName = reply.key, reply.Name
+		if u := adminURL(reply.AdminURL); u != "" {
+			c.RemoteAdminURL = u
+		}
 		c.Health = Health{LastContact: now}
 		c.UpdatedAt = now
 	}
@@ -340,21 +353,30 @@ func (n *Node) confirmAcceptance(ctx context.Context, op string, c *Connection, 
 			n.event(ctx, EventAccepted, "accepted the invitation; the initiator confirmed"),
 		}
 		if err := n.consumeAcceptance(ctx, op, c, evs...); err != nil {
+			n.metrics.handshake(ctx, RoleAcceptor, outcomeOf(err))
 			return nil, err
 		}
 		n.notifyChanged()
+		n.metrics.handshake(ctx, RoleAcceptor, OutcomeOK)
 		return c, nil
 	}
+	moved := false
 	out, err := n.edit(ctx, op, c.ID, func(c *Connection) (*Event, error) {
+		moved = false
 		if c.Status != StatusPending {
 			return nil, nil // confirmed meanwhile (by Run), or given up
 		}
 		apply(c)
+		moved = true
 		ev := n.event(ctx, EventAccepted, "the initiator confirmed the acceptance")
 		return &ev, nil
 	})
 	if err != nil {
+		n.metrics.handshake(ctx, RoleAcceptor, OutcomeFailed)
 		return nil, err
+	}
+	if moved {
+		n.metrics.handshake(ctx, RoleAcceptor, OutcomeOK)
 	}
 	if out.Status != StatusActive {
 		return nil, &Error{Code: CodeRevoked, Op: op, Message: "the acceptance was given up on this side before the initiator confirmed it"}
@@ -368,17 +390,24 @@ func (n *Node) confirmAcceptance(ctx context.Context, op string, c *Connection, 
 func acceptanceDeadline(c *Connection) time.Time { return c.InvitationExpires.Add(ClockSkew) }
 
 // abandonAcceptance deletes a Pending acceptance the initiator will never
-// confirm.
-func (n *Node) abandonAcceptance(ctx context.Context, id, detail string) {
+// confirm; outcome says why, for Metrics.
+func (n *Node) abandonAcceptance(ctx context.Context, id string, outcome Outcome, detail string) {
 	ctx = WithActor(ctx, ActorSystem)
+	moved := false
 	_, err := n.edit(ctx, "tether: accept", id, func(c *Connection) (*Event, error) {
+		moved = false
 		if c.Status != StatusPending {
 			return nil, nil
 		}
-		return n.step(ctx, "tether: accept", c, ActionExpire, detail)
+		ev, err := n.step(ctx, "tether: accept", c, ActionExpire, detail)
+		moved = err == nil
+		return ev, err
 	})
 	if err != nil && ctx.Err() == nil {
 		n.log.WarnContext(ctx, "tether: give up an acceptance", "connection", id, "err", err)
+	}
+	if err == nil && moved {
+		n.metrics.handshake(ctx, RoleAcceptor, outcome)
 	}
 	n.signal(id)
 }
@@ -401,7 +430,7 @@ func (n *Node) presentInvitation(ctx context.Context, op, code string, c *Connec
 	req := acceptRequest{
 		Code: code, Instance: ks.instance,
 		Key:      base64.RawURLEncoding.EncodeToString(key.Public()),
-		Endpoint: n.endpoint, Connection: c.ID, Name: c.LocalName,
+		Endpoint: n.endpoint, Connection: c.ID, Name: c.LocalName, AdminURL: n.adminURL,
 	}
 	if code == "" {
 		req.Proof = acceptProof(c.Invitation, key.Public())
@@ -466,7 +495,7 @@ func (n *Node) syncPending(ctx context.Context, c *Connection) error {
 	if n.endpoint != "" || c.RemoteURL == "" {
 		// The acceptor calls this side; past the expiry it never will.
 		if expired {
-			return n.expireInvitation(ctx, c.ID, "invitation expired without being accepted")
+			return n.expireInvitation(ctx, c.ID, OutcomeExpired, "invitation expired without being accepted")
 		}
 		return nil
 	}
@@ -477,18 +506,21 @@ func (n *Node) syncPending(ctx context.Context, c *Connection) error {
 		switch code := ErrorCode(err); {
 		case err == nil:
 		case expired:
-			return n.expireInvitation(ctx, c.ID, "invitation expired without being accepted")
+			return n.expireInvitation(ctx, c.ID, OutcomeExpired, "invitation expired without being accepted")
 		case code == CodeRevoked || code == CodeGone || code == CodeExpired:
 			// Signed by the holder of the code at the destination, the only
 			// instance that may accept: it gave up its acceptance.
-			return n.expireInvitation(WithActor(ctx, ActorRemote), c.ID, "the destination withdrew its acceptance")
+			return n.expireInvitation(WithActor(ctx, ActorRemote), c.ID, OutcomeRefused, "the destination withdrew its acceptance")
 		default:
+			// Not accepted yet, as far as this side can tell: waiting
+			// for the partner is no failed handshake.
 			n.healthFail(ctx, c.ID, err, true)
 			return err
 		}
 		// Record the acceptor, consuming the invitation; the connection
 		// turns Active once the acceptor confirms it took the news.
 		if err := n.recordAcceptor(ctx, c.ID, c.Invitation, reply); err != nil {
+			n.metrics.handshake(ctx, RoleInitiator, outcomeOf(err))
 			return err
 		}
 		if c, err = n.store.GetConnection(ctx, c.ID); err != nil {
@@ -509,21 +541,32 @@ func (n *Node) confirmToAcceptor(ctx context.Context, c *Connection) error {
 	err := n.exchange(ctx, op, c, OpStatus, []byte(confirmJSON), &reply)
 	switch code := ErrorCode(err); {
 	case err == nil:
+		moved := false
 		_, err := n.edit(WithActor(ctx, ActorRemote), op, c.ID, func(c *Connection) (*Event, error) {
+			moved = false
 			if c.Status != StatusPending {
 				return nil, nil
 			}
 			c.Health = Health{LastContact: n.clock.Now()}
-			return n.step(WithActor(ctx, ActorRemote), op, c, ActionAccept, "accepted by "+c.RemoteName+", confirmed with the destination")
+			ev, err := n.step(WithActor(ctx, ActorRemote), op, c, ActionAccept, "accepted by "+c.RemoteName+", confirmed with the destination")
+			moved = err == nil
+			return ev, err
 		})
-		if err == nil {
+		switch {
+		case err != nil:
+			n.metrics.handshake(ctx, RoleInitiator, OutcomeFailed)
+		case moved:
+			n.notifyChanged()
+			n.metrics.handshake(ctx, RoleInitiator, OutcomeOK)
+		default:
 			n.notifyChanged()
 		}
 		return err
 	case code == CodeRevoked || code == CodeGone || code == CodeExpired:
-		return n.expireInvitation(WithActor(ctx, ActorRemote), c.ID, "the destination gave up the acceptance before it was confirmed")
+		return n.expireInvitation(WithActor(ctx, ActorRemote), c.ID, OutcomeRefused, "the destination gave up the acceptance before it was confirmed")
 	}
 	n.healthFail(ctx, c.ID, err, true)
+	n.metrics.handshake(ctx, RoleInitiator, OutcomeFailed)
 	return err
 }
 
@@ -547,17 +590,25 @@ func (n *Node) withdrawInvitation(ctx context.Context, c *Connection) {
 	}
 }
 
-// expireInvitation closes a Pending invitation this instance initiated.
-func (n *Node) expireInvitation(ctx context.Context, id, detail string) error {
+// expireInvitation closes a Pending invitation this instance initiated;
+// outcome says why, for Metrics.
+func (n *Node) expireInvitation(ctx context.Context, id string, outcome Outcome, detail string) error {
 	if actorOf(ctx) == ActorLocal {
 		ctx = WithActor(ctx, ActorSystem)
 	}
+	moved := false
 	_, err := n.edit(ctx, "tether: sync", id, func(c *Connection) (*Event, error) {
+		moved = false
 		if c.Status != StatusPending {
 			return nil, nil
 		}
-		return n.step(ctx, "tether: sync", c, ActionExpire, detail)
+		ev, err := n.step(ctx, "tether: sync", c, ActionExpire, detail)
+		moved = err == nil
+		return ev, err
 	})
+	if err == nil && moved {
+		n.metrics.handshake(ctx, RoleInitiator, outcome)
+	}
 	return err
 }
 
@@ -570,7 +621,7 @@ func (n *Node) syncAcceptance(ctx context.Context, c *Connection) error {
 	const op = "tether: sync"
 	if c.RemoteURL == "" {
 		if !n.clock.Now().Before(acceptanceDeadline(c)) {
-			n.abandonAcceptance(ctx, c.ID, "the initiator did not confirm the acceptance before the invitation expired")
+			n.abandonAcceptance(ctx, c.ID, OutcomeExpired, "the initiator did not confirm the acceptance before the invitation expired")
 		}
 		return nil
 	}
@@ -580,10 +631,11 @@ func (n *Node) syncAcceptance(ctx context.Context, c *Connection) error {
 		_, err = n.confirmAcceptance(ctx, op, c, true, reply)
 		return n.fail(ctx, op, err)
 	case final(err):
-		n.abandonAcceptance(ctx, c.ID, "the initiator refused the acceptance: "+string(ErrorCode(err)))
+		n.abandonAcceptance(ctx, c.ID, OutcomeRefused, "the initiator refused the acceptance: "+string(ErrorCode(err)))
 		return nil
 	}
 	n.healthFail(ctx, c.ID, err, true)
+	n.metrics.handshake(ctx, RoleAcceptor, OutcomeFailed)
 	return n.fail(ctx, op, err)
 }
 
@@ -593,16 +645,23 @@ func (n *Node) syncAcceptance(ctx context.Context, c *Connection) error {
 func (n *Node) peerConfirmed(ctx context.Context, id string) (*Connection, error) {
 	const op = "tether: confirm acceptance"
 	ctx = WithActor(ctx, ActorRemote)
+	moved := false
 	c, err := n.edit(ctx, op, id, func(c *Connection) (*Event, error) {
+		moved = false
 		if c.Status != StatusPending || c.Role != RoleAcceptor {
 			return nil, nil
 		}
 		c.Health = Health{LastContact: n.clock.Now()}
-		return n.step(ctx, op, c, ActionAccept, "the initiator confirmed the acceptance")
+		ev, err := n.step(ctx, op, c, ActionAccept, "the initiator confirmed the acceptance")
+		moved = err == nil
+		return ev, err
 	})
 	if err == nil {
 		n.signal(id)
 		n.notifyChanged()
+		if moved {
+			n.metrics.handshake(ctx, RoleAcceptor, OutcomeOK)
+		}
 	}
 	return c, err
 }
@@ -687,7 +746,7 @@ func (n *Node) takeAcceptance(ctx context.Context, id, jti string, r *verifiedRe
 			return &Error{Code: CodeAlreadyUsed, Op: op, Message: "invitation was already used"}
 		}
 		c.RemoteInstance, c.RemoteKey, c.RemoteConnection = r.Instance, r.key, r.Connection
-		c.RemoteURL, c.RemoteName = r.Endpoint, r.Name
+		c.RemoteURL, c.RemoteName, c.RemoteAdminURL = r.Endpoint, r.Name, adminURL(r.AdminURL)
 		now := n.clock.Now()
 		c.UpdatedAt = now
 		c.Health = Health{LastContact: now}
@@ -698,7 +757,9 @@ func (n *Node) takeAcceptance(ctx context.Context, id, jti string, r *verifiedRe
 		} else {
 			ev = n.event(ctx, EventUpdated, "accepted by "+r.Name+" at the destination; confirming")
 		}
+		start := n.metrics.start()
 		err = n.store.ConsumeInvitation(ctx, n.ID()+"/"+c.Invitation, c.InvitationExpires.Add(ClockSkew), c, ev)
+		n.metrics.storeCall(ctx, StoreConsumeInvitation, start, err)
 		if ErrorCode(err) == CodeAlreadyUsed {
 			// Re-read: it may be this same acceptor's earlier attempt.
 			return &Error{Code: CodeConflict, Op: op, Err: err}
@@ -706,6 +767,9 @@ func (n *Node) takeAcceptance(ctx context.Context, id, jti string, r *verifiedRe
 		if err == nil {
 			n.emit(c.ID, ev)
 			n.notifyChanged()
+			if activate {
+				n.metrics.handshake(ctx, RoleInitiator, OutcomeOK)
+			}
 		}
 		return err
 	})
@@ -747,6 +811,7 @@ func (n *Node) handleAccept(ctx context.Context, req *Request) (*Response, error
 	// expects, and name the initiator's connection.
 	signer := &Connection{ID: inv.Connection, LocalKeyID: inv.KeyID}
 	refuse := func(err error) (*Response, error) {
+		n.metrics.handshake(ctx, RoleInitiator, outcomeOf(err))
 		return n.refusal(op, &authenticated{conn: signer, claims: claims}, err)
 	}
 	if err != nil {
@@ -792,7 +857,7 @@ func (n *Node) handleAccept(ctx context.Context, req *Request) (*Response, error
 		}
 	}
 	peer := &verifiedReply{
-		peerReply: peerReply{Instance: body.Instance, Key: body.Key, Connection: body.Connection, Endpoint: body.Endpoint, Name: body.Name},
+		peerReply: peerReply{Instance: body.Instance, Key: body.Key, Connection: body.Connection, Endpoint: body.Endpoint, Name: body.Name, AdminURL: body.AdminURL},
 		key:       key,
 	}
 	if inv.Destination != "" {
@@ -902,7 +967,7 @@ func (n *Node) handleStatus(ctx context.Context, req *Request) (*Response, error
 		c := a.conn
 		if c.Role == RoleAcceptor && c.Status == StatusPending {
 			if !body.Confirmed && !n.clock.Now().Before(acceptanceDeadline(c)) {
-				n.abandonAcceptance(ctx, c.ID, "the initiator did not confirm the acceptance before the invitation expired")
+				n.abandonAcceptance(ctx, c.ID, OutcomeExpired, "the initiator did not confirm the acceptance before the invitation expired")
 			}
 			var got *Connection
 			var err error
@@ -930,7 +995,7 @@ func (n *Node) introduction(c *Connection, withProof bool) peerReply {
 	key, _ := n.signingKey(c)
 	r := peerReply{
 		Instance: n.ID(), Key: base64.RawURLEncoding.EncodeToString(key.Public()),
-		Connection: c.ID, Endpoint: n.endpoint, Name: c.LocalName,
+		Connection: c.ID, Endpoint: n.endpoint, Name: c.LocalName, AdminURL: n.adminURL,
 	}
 	if withProof {
 		r.Proof = acceptProof(c.Invitation, key.Public())
@@ -948,6 +1013,18 @@ type acceptRequest struct {
 	Endpoint   string `json:"endpoint,omitempty"` // acceptor URL; empty when private
 	Connection string `json:"connection"`         // acceptor connection ID
 	Name       string `json:"name"`               // acceptor short name
+	// AdminURL is the acceptor's admin page, when it shares one.
+	AdminURL string `json:"admin_url,omitempty"`
+}
+
+// adminURL returns a partner's admin page URL if it is one a page may
+// link to (http or https, absolute), "" otherwise: a partner's bad value
+// is dropped rather than shown.
+func adminURL(s string) string {
+	if checkURLSyntax("admin_url", s, true) != nil {
+		return ""
+	}
+	return s
 }
 
 // peerReply introduces the answering side: the reply to accept and status.
@@ -957,6 +1034,8 @@ type peerReply struct {
 	Connection string `json:"connection"`
 	Endpoint   string `json:"endpoint,omitempty"`
 	Name       string `json:"name"`
+	// AdminURL is the answering side's admin page, when it shares one.
+	AdminURL string `json:"admin_url,omitempty"`
 	// Proof, in a status reply, shows the acceptor holds the invitation
 	// code: base64url SHA-256 over the invitation ID and the acceptor key.
 	Proof string `json:"proof,omitempty"`

@@ -30,7 +30,9 @@ func (n *Node) deliverLocked(ctx context.Context, id string, msgs []Message, aft
 	if err != nil {
 		return 0, err
 	}
+	start := n.metrics.start()
 	cursor, err := n.store.InboxCursor(ctx, id)
+	n.metrics.storeCall(ctx, StoreInboxCursor, start, err)
 	if err != nil {
 		return 0, err
 	}
@@ -63,7 +65,9 @@ func (n *Node) deliverLocked(ctx context.Context, id string, msgs []Message, aft
 		var err error
 		switch {
 		case m.Control:
-			if err = n.applyNotice(ctx, id, m.Payload); err != nil {
+			err = n.applyNotice(ctx, id, m.Payload)
+			n.peerNotice(ctx, m.Payload, err)
+			if err != nil {
 				err = &Error{Code: CodeUnavailable, Op: "tether: deliver", Message: "a notice from the peer could not be applied", Err: err}
 			}
 		case n.receiver == nil:
@@ -96,7 +100,9 @@ func (n *Node) deliverLocked(ctx context.Context, id string, msgs []Message, aft
 		}
 		var err error
 		if atomic != nil {
+			start := n.metrics.start()
 			cursor, err = atomic.DeliverInbox(ctx, id, cursor, run, receive)
+			n.metrics.storeCall(ctx, StoreDeliverInbox, start, err)
 		} else {
 			for _, m := range run {
 				if err = receive(ctx, m); err != nil {
@@ -104,7 +110,10 @@ func (n *Node) deliverLocked(ctx context.Context, id string, msgs []Message, aft
 				}
 				// The Receiver took it: record that even if ctx ends now,
 				// or the message would be handed over again.
-				if err = n.store.AdvanceInbox(context.WithoutCancel(ctx), id, cursor, m.Seq); err != nil {
+				start := n.metrics.start()
+				err = n.store.AdvanceInbox(context.WithoutCancel(ctx), id, cursor, m.Seq)
+				n.metrics.storeCall(ctx, StoreAdvanceInbox, start, err)
+				if err != nil {
 					break
 				}
 				cursor = m.Seq

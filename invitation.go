@@ -52,6 +52,9 @@ type Invitation struct {
 
 	// Endpoint is the initiator's URL; empty when the initiator is private.
 	Endpoint string
+	// AdminURL is the initiator's admin page, when it shares one
+	// (Config.AdminURL): where a page's "Go to remote" leads.
+	AdminURL string
 	// Destination is the acceptor's URL as the initiator knows it; empty
 	// when the initiator was told "I don't have a URL" (the destination is
 	// private).
@@ -86,6 +89,7 @@ type invitationClaims struct {
 	AcceptorName  string `json:"asn"`
 	Mode          Mode   `json:"mode"`
 	Endpoint      string `json:"ep,omitempty"`
+	Admin         string `json:"adm,omitempty"`
 	Key           string `json:"key"`
 	Repairs       string `json:"rep,omitempty"`
 }
@@ -109,6 +113,7 @@ func encodeInvitation(inv *Invitation, key InstanceKey) (string, error) {
 		AcceptorName:  inv.AcceptorName,
 		Mode:          inv.Mode,
 		Endpoint:      inv.Endpoint,
+		Admin:         inv.AdminURL,
 		Key:           base64.RawURLEncoding.EncodeToString(key.Public()),
 		Repairs:       inv.Repairs,
 	}
@@ -281,6 +286,7 @@ func (c *invitationClaims) invitation(op string, now time.Time) (*Invitation, er
 		checkText("asn", c.AcceptorName, 1, MaxShortNameLen),
 		checkURLSyntax("ep", c.Endpoint, true),
 		checkURLSyntax("aud", c.Audience, true),
+		checkURLSyntax("adm", c.Admin, true),
 		checkOptionalID("rep", c.Repairs),
 	} {
 		if err != nil {
@@ -306,6 +312,7 @@ func (c *invitationClaims) invitation(op string, now time.Time) (*Invitation, er
 		AcceptorName:  c.AcceptorName,
 		Mode:          c.Mode,
 		Endpoint:      c.Endpoint,
+		AdminURL:      c.Admin,
 		Repairs:       c.Repairs,
 		Destination:   c.Audience,
 		IssuedAt:      iat,

@@ -66,17 +66,25 @@ func (n *Node) Send(ctx context.Context, connectionID string, payload []byte) (i
 	if len(payload) > n.maxPayload {
 		return 0, &Error{Code: CodeTooLarge, Op: op, Message: "payload is larger than the limit of " + strconv.Itoa(n.maxPayload) + " bytes"}
 	}
+	start := n.metrics.start()
 	c, err := n.store.GetConnection(ctx, connectionID)
+	n.metrics.storeCall(ctx, StoreGetConnection, start, err)
 	if err != nil {
 		return 0, n.fail(ctx, op, err)
 	}
 	if c.Kind != KindPeer || c.Status == StatusPending || c.Status == StatusDeleted {
 		return 0, &Error{Code: CodeNotConnected, Op: op, Message: "cannot send on a connection that is " + string(c.Status)}
 	}
+	start = n.metrics.start()
 	seq, err := n.store.AppendOutbox(ctx, connectionID, payload, n.clock.Now())
+	n.metrics.storeCall(ctx, StoreAppendOutbox, start, err)
 	if err != nil {
 		return 0, n.fail(ctx, op, err)
 	}
-	n.later(ctx, func() { n.signal(connectionID) })
+	dir := directionOf(c)
+	n.later(ctx, func() {
+		n.signal(connectionID)
+		n.metrics.sent(ctx, dir)
+	})
 	return seq, nil
 }

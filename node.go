@@ -28,6 +28,12 @@ type Config struct {
 	// reachable by others. Empty means this instance is private: it only
 	// makes outgoing requests and is never called.
 	Endpoint string
+	// AdminURL, when set, is the URL of this instance's admin page (its
+	// Connections screen): it is shared with partners in invitations and
+	// acceptances, so that their pages can offer "Go to remote"
+	// (Connection.RemoteAdminURL). An absolute http or https URL without
+	// query or fragment; empty: not shared.
+	AdminURL string
 	// URLPolicy decides which remote URLs may be contacted; the zero value
 	// allows https to public addresses only.
 	URLPolicy URLPolicy
@@ -51,6 +57,11 @@ type Config struct {
 	Rand io.Reader
 	// Logger receives operational messages, never secrets; discarded when nil.
 	Logger *slog.Logger
+	// Metrics receives measurements of messages, polls, handshakes,
+	// refreshes and Store calls (see Metrics); none are taken when nil.
+	// The otelmetric module provides one on an OpenTelemetry
+	// MeterProvider.
+	Metrics Metrics
 
 	// OnEvent, when set, is called with every event this node appends, after
 	// it is stored: a hook to show changes or forward them as webhooks. It is
@@ -104,12 +115,14 @@ type Node struct {
 	store          Store
 	transport      Transport
 	endpoint       string
+	adminURL       string
 	policy         URLPolicy
 	ttl            time.Duration
 	handshakeEvery time.Duration
 	clock          Clock
 	rand           io.Reader
 	log            *slog.Logger
+	metrics        *metrics // nil when Config.Metrics is
 
 	keys      atomic.Pointer[keySet]
 	keyReload sync.Mutex   // serializes reloadKeys
@@ -160,7 +173,11 @@ func Open(ctx context.Context, cfg Config) (*Node, error) {
 	if strings.HasPrefix(cfg.Endpoint, "http:") && !cfg.URLPolicy.AllowHTTP {
 		return nil, invalidf(op, "Config.Endpoint", "must be an https URL (allow http in Config.URLPolicy for development)")
 	}
+	if err := checkURLSyntax("Config.AdminURL", cfg.AdminURL, true); err != nil {
+		return nil, withOp(op, err)
+	}
 	n := &Node{
+		adminURL:       cfg.AdminURL,
 		store:          cfg.Store,
 		transport:      cfg.Transport,
 		endpoint:       cfg.Endpoint,
@@ -204,6 +221,7 @@ func Open(ctx context.Context, cfg Config) (*Node, error) {
 	if n.log == nil {
 		n.log = slog.New(slog.DiscardHandler)
 	}
+	n.metrics = newMetrics(cfg.Metrics, n.clock)
 	n.holder = cfg.Replica
 	if n.holder == "" {
 		holder, err := randomToken(n.rand)

@@ -294,6 +294,8 @@ func (n *Node) handlePoll(ctx context.Context, req *Request) (*Response, error) 
 	}
 	w, cancel := n.subscribe(ids...)
 	defer cancel()
+	n.metrics.pollsHeld(ctx, 1)
+	defer n.metrics.pollsHeld(ctx, -1)
 	deadline := n.clock.After(min(time.Duration(max(body.WaitMS, 0))*time.Millisecond, n.pollWait))
 	read := body.Connections // what the next pass reads: all of them first
 	for {
@@ -352,10 +354,15 @@ func (n *Node) ackPolled(ctx context.Context, c *Connection, cursor int64, now t
 	}
 	m := v.(*ackMark)
 	m.seen.Store(now.UnixNano())
+	n.metrics.pollAcked(ctx, id, cursor, now)
 	if cursor <= m.cursor.Load() {
 		return nil
 	}
-	if err := n.acknowledged(ctx, c, cursor, true); err != nil {
+	start := n.metrics.start()
+	err := n.acknowledged(ctx, c, cursor, true)
+	n.metrics.storeCall(ctx, StoreAckOutbox, start, err)
+	n.metrics.keyAcknowledged(ctx, c, cursor, err)
+	if err != nil {
 		return err
 	}
 	for last := m.cursor.Load(); cursor > last && !m.cursor.CompareAndSwap(last, cursor); last = m.cursor.Load() {
@@ -387,6 +394,7 @@ func (n *Node) pollBatches(ctx context.Context, polled []pollCursor) (pollReply,
 			// notice is not needed and the outbox goes.
 			b.Status = pollGone
 			n.forget(pc.ID)
+			n.metrics.pollGone(ctx, pc.ID)
 			if err := n.store.AckOutbox(ctx, pc.ID, math.MaxInt64); err != nil {
 				return reply, err
 			}
@@ -397,10 +405,13 @@ func (n *Node) pollBatches(ctx context.Context, polled []pollCursor) (pollReply,
 			b.Status = pollPaused
 		}
 		if count < n.batch && size < batchBytes {
+			start := n.metrics.start()
 			msgs, err := n.store.ListOutbox(ctx, pc.ID, pc.Cursor, n.batch-count)
+			n.metrics.storeCall(ctx, StoreListOutbox, start, err)
 			if err != nil {
 				return reply, err
 			}
+			n.metrics.pollRead(ctx, pc.ID, msgs)
 			if len(msgs) > 0 && c.Status == StatusActive {
 				// A Pause that returned while the outbox was read holds
 				// these messages too.
@@ -416,13 +427,15 @@ func (n *Node) pollBatches(ctx context.Context, polled []pollCursor) (pollReply,
 			if pc.Held {
 				msgs = heldReceive(StatusPaused, msgs)
 			}
+			served := 0
 			for _, m := range msgs {
 				if count > 0 && size+len(m.Payload) > batchBytes {
 					break
 				}
 				b.Messages = append(b.Messages, wireMessage{Seq: m.Seq, Payload: m.Payload, Control: m.Control})
-				count, size = count+1, size+len(m.Payload)
+				count, size, served = count+1, size+len(m.Payload), served+1
 			}
+			n.metrics.pollServed(ctx, pc.ID, msgs[:served])
 		}
 		if len(b.Messages) > 0 || (b.Status == pollPaused) != pc.Paused {
 			reply.Connections = append(reply.Connections, b)

@@ -70,6 +70,8 @@ func (n *Node) pushLoop(ctx context.Context, id string, peerPaused func()) {
 		defer cancel()
 		_ = n.store.Release(rctx, lease, n.holder)
 	}()
+	var tally pushTally // what this loop reports to Config.Metrics
+	defer n.metrics.pushDone(ctx, &tally)
 	attempt := 0
 	var leaseUntil time.Time // when the lease this loop holds runs out
 	for ctx.Err() == nil {
@@ -95,9 +97,12 @@ func (n *Node) pushLoop(ctx context.Context, id string, peerPaused func()) {
 		// Take the lease, or renew it once half of it has passed.
 		now := n.clock.Now()
 		if now.After(leaseUntil.Add(-n.leaseTTL / 2)) {
+			start := n.metrics.start()
 			held, err := n.store.Lease(ctx, lease, n.holder, now, now.Add(n.leaseTTL))
+			n.metrics.storeCall(ctx, StoreLease, start, err)
 			if err == nil && !held { // another process is delivering this outbox
 				leaseUntil = time.Time{}
+				n.metrics.pushRead(ctx, &tally, nil) // that process reports it
 				if !n.sleep(ctx, idleRecheck, wake) {
 					return
 				}
@@ -113,7 +118,12 @@ func (n *Node) pushLoop(ctx context.Context, id string, peerPaused func()) {
 			}
 			leaseUntil = now.Add(n.leaseTTL)
 		}
+		start := n.metrics.start()
 		msgs, err := n.store.ListOutbox(ctx, id, 0, n.batch)
+		n.metrics.storeCall(ctx, StoreListOutbox, start, err)
+		if err == nil {
+			n.metrics.pushRead(ctx, &tally, msgs)
+		}
 		if err == nil && len(msgs) > 0 && c.Status == StatusActive {
 			// A Pause that returned while the outbox was read holds
 			// what was sent after it.
@@ -139,13 +149,19 @@ func (n *Node) pushLoop(ctx context.Context, id string, peerPaused func()) {
 		}
 		var acked int64
 		if err == nil {
+			n.metrics.pushing(ctx, &tally, msgs)
 			acked, err = n.push(ctx, c, msgs)
 		}
 		if acked > 0 && ErrorCode(err) != CodeGone {
+			n.metrics.pushAcked(ctx, &tally, msgs, acked)
 			// What the peer applied is acknowledged, even when it took
 			// less than the whole batch.
 			notice := slices.ContainsFunc(msgs, func(m Message) bool { return m.Control && m.Seq <= acked })
-			if aerr := n.acknowledged(ctx, c, acked, !notice); err == nil {
+			start := n.metrics.start()
+			aerr := n.acknowledged(ctx, c, acked, !notice)
+			n.metrics.storeCall(ctx, StoreAckOutbox, start, aerr)
+			n.metrics.keyAcknowledged(ctx, c, acked, aerr)
+			if err == nil {
 				err = aerr
 			}
 		}
@@ -186,13 +202,9 @@ func (n *Node) pushLoop(ctx context.Context, id string, peerPaused func()) {
 // error, so the caller backs off.
 func (n *Node) push(ctx context.Context, c *Connection, msgs []Message) (int64, error) {
 	const op = "tether: push"
+	msgs = msgs[:batchLen(msgs)]
 	batch := pushRequest{Messages: make([]wireMessage, 0, len(msgs))}
-	size := 0
 	for _, m := range msgs {
-		if len(batch.Messages) > 0 && size+len(m.Payload) > batchBytes {
-			break
-		}
-		size += len(m.Payload)
 		batch.Messages = append(batch.Messages, wireMessage{Seq: m.Seq, Payload: m.Payload, Control: m.Control})
 	}
 	body, err := json.Marshal(batch)
@@ -212,6 +224,19 @@ func (n *Node) push(ctx context.Context, c *Connection, msgs []Message) (int64, 
 		return reply.Acked, &Error{Code: CodeUnavailable, Op: op, Message: msg}
 	}
 	return reply.Acked, nil
+}
+
+// batchLen returns how many of msgs one push carries: as many as fit in
+// batchBytes of payload, and at least one.
+func batchLen(msgs []Message) int {
+	size := 0
+	for i, m := range msgs {
+		if i > 0 && size+len(m.Payload) > batchBytes {
+			return i
+		}
+		size += len(m.Payload)
+	}
+	return len(msgs)
 }
 
 // handlePush applies a batch from a peer and answers with the highest

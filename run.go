@@ -52,6 +52,7 @@ func (n *Node) run(ctx context.Context, r *runner) error {
 		r.refresh(ctx)
 		r.refreshKicked(ctx)
 		n.sweepCaches(n.clock.Now())
+		n.metrics.sweep(ctx, n.clock.Now(), n.ackedStale())
 		select {
 		case <-ctx.Done():
 			return contextError("tether: run", ctx.Err())

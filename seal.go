@@ -4,7 +4,10 @@ import (
 	"crypto/aes"
 	"crypto/cipher"
 	"crypto/rand"
+	"encoding/hex"
 	"io"
+	"strconv"
+	"strings"
 )
 
 // Sealer encrypts secrets (instance private keys, OAuth tokens) before a
@@ -52,6 +55,27 @@ func NewSealer(current string, keys map[string][]byte) (*Sealer, error) {
 		s.aeads[id] = aead
 	}
 	return s, nil
+}
+
+// ParseSealingKey decodes a sealing key as `tether keygen` prints it: 64
+// hexadecimal digits (32 bytes), surrounding white space ignored, so a
+// host passes an environment variable or a secret file's content as is:
+//
+//	key, err := tether.ParseSealingKey(os.Getenv("TETHER_SEALING_KEY"))
+//	sealer, err := tether.NewSealer("k1", map[string][]byte{"k1": key})
+//
+// Its errors never repeat the input.
+func ParseSealingKey(s string) ([]byte, error) {
+	const op = "tether: parse sealing key"
+	s = strings.TrimSpace(s)
+	if len(s) != 64 {
+		return nil, &Error{Code: CodeInvalid, Op: op, Message: "a sealing key is 64 hexadecimal digits, as tether keygen prints; got " + strconv.Itoa(len(s)) + " characters"}
+	}
+	k, err := hex.DecodeString(s)
+	if err != nil {
+		return nil, &Error{Code: CodeInvalid, Op: op, Message: "a sealing key is 64 hexadecimal digits, as tether keygen prints; it holds another character"}
+	}
+	return k, nil
 }
 
 // Seal encrypts plaintext with the current key, bound to context.

@@ -2,6 +2,7 @@ package tether_test
 
 import (
 	"bytes"
+	"strings"
 	"testing"
 
 	"github.com/tetherkit/tether"
@@ -69,4 +70,37 @@ func TestSealer(t *testing.T) {
 			t.Errorf("%s: %v", name, err)
 		}
 	}
+}
+
+// What `tether keygen` prints is what ParseSealingKey takes, and a bad key
+// is refused without being repeated.
+func TestParseSealingKey(t *testing.T) {
+	const printed = "00112233445566778899aabbccddeeff00112233445566778899AABBCCDDEEFF\n"
+	k, err := tether.ParseSealingKey(printed)
+	if err != nil || len(k) != 32 || k[1] != 0x11 || k[31] != 0xff {
+		t.Fatalf("%x, %v", k, err)
+	}
+	if _, err := tether.NewSealer("k1", map[string][]byte{"k1": k}); err != nil {
+		t.Fatal(err)
+	}
+	for _, bad := range []string{"", "00", strings.Repeat("zz", 32), strings.Repeat("ab", 33), "0x" + strings.Repeat("ab", 31)} {
+		_, err := tether.ParseSealingKey(bad)
+		if tether.ErrorCode(err) != tether.CodeInvalid || bad != "" && len(bad) > 4 && strings.Contains(err.Error(), bad[2:]) {
+			t.Errorf("%q: %v", bad, err)
+		}
+	}
+}
+
+func FuzzParseSealingKey(f *testing.F) {
+	f.Add("00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff")
+	f.Add(" zz ")
+	f.Fuzz(func(t *testing.T, s string) {
+		k, err := tether.ParseSealingKey(s)
+		if err == nil && len(k) != 32 {
+			t.Fatalf("%q gave %d bytes", s, len(k))
+		}
+		if err != nil && len(s) >= 8 && strings.Contains(err.Error(), s) {
+			t.Fatalf("the error repeats the input: %v", err)
+		}
+	})
 }

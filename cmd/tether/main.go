@@ -3,7 +3,7 @@
 //	tether inspect [CODE]   verify a code (read from standard input when
 //	                        not given) and print what it says; -json for JSON
 //	tether keygen           print a new random 32-byte sealing key in hex,
-//	                        for tether.NewSealer
+//	                        which tether.ParseSealingKey reads back
 //
 // inspect exits 0 for a valid code and 1 for an invalid one, printing why
 // (a typo gives "damaged"); it makes no network request.

@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"encoding/hex"
 	"encoding/json"
 	"strings"
 	"testing"
@@ -77,7 +76,7 @@ func TestKeygen(t *testing.T) {
 	if run([]string{"keygen"}, nil, &a, &a, time.Now()) != 0 || run([]string{"keygen"}, nil, &b, &b, time.Now()) != 0 {
 		t.Fatal("keygen failed")
 	}
-	key, err := hex.DecodeString(strings.TrimSpace(a.String()))
+	key, err := tether.ParseSealingKey(a.String()) // as printed, newline included
 	if err != nil || len(key) != 32 || a.String() == b.String() {
 		t.Fatalf("keys %q and %q", a.String(), b.String())
 	}

@@ -22,6 +22,18 @@ const (
 	EventKeyChanged    EventType = "key_changed"    // a signing key of this connection changed (this side's or the partner's)
 	EventKeyRevoked    EventType = "key_revoked"    // the host revoked the partner's key: the connection is inactive
 
+	// Reachability of the partner, for connections past the handshake and
+	// not deleted: one event per change, never one per attempt.
+	// peer_unreachable comes with a failed exchange that makes three in a
+	// row (Health.Failures) when none has succeeded for a minute either,
+	// its Detail the last cause ("unreachable: <code>: <message>", as
+	// Health.LastError reads meanwhile); peer_reachable with the next
+	// exchange that succeeds, or the partner answering that it paused. A
+	// brief outage gives neither. On a private side the partner is the
+	// public side it polls.
+	EventPeerUnreachable EventType = "peer_unreachable" // exchanges with the partner keep failing: it cannot be reached
+	EventPeerReachable   EventType = "peer_reachable"   // an exchange with the partner succeeded again after peer_unreachable
+
 	// Org connections (recorded with Node.Note by the oauth package).
 	EventAuthFailing     EventType = "auth_failing"     // refreshing the credentials keeps failing: re-authorize before they lapse
 	EventAuthRecovered   EventType = "auth_recovered"   // credentials refresh again after auth_failing

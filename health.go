@@ -3,6 +3,8 @@ package tether
 import (
 	"context"
 	"errors"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 )
@@ -19,9 +21,40 @@ type healthCache struct {
 type healthMark struct {
 	written time.Time
 	failing bool
+	since   time.Time // when this node saw the current run of failures begin; zero if unknown
 }
 
 const healthWriteEvery = 10 * time.Second
+
+// A connection's peer becomes unreachable with a failed exchange that
+// makes unreachableFailures in a row (Health.Failures), when no exchange
+// has succeeded for unreachableAfter either: since Health.LastContact, or
+// since this node saw the run of failures begin, if that is later (a
+// connection idle for an hour is not unreachable after three quick
+// retries). A request lost now and then, or a peer restarting, is no
+// change of state. healthFail then appends EventPeerUnreachable in the
+// write that counts the failure and marks Health.LastError with
+// unreachablePrefix, which is what remembers the state across writes,
+// processes and restarts; the next exchange that succeeds, or a peer that
+// answers it paused, appends EventPeerReachable in the write that clears
+// the mark.
+const (
+	unreachableFailures = 3
+	unreachableAfter    = time.Minute
+	unreachablePrefix   = "unreachable: "
+)
+
+// tracksReachability reports whether c's reachability changes are events:
+// a peer connection past its handshake (which resets Health when it
+// completes) and not deleted.
+func tracksReachability(c *Connection) bool {
+	return c.Kind == KindPeer && c.Status != StatusPending && c.Status != StatusDeleted
+}
+
+// unreachable reports whether c's peer is marked unreachable.
+func unreachable(c *Connection) bool {
+	return tracksReachability(c) && strings.HasPrefix(c.Health.LastError, unreachablePrefix)
+}
 
 func (n *Node) healthOK(ctx context.Context, id string) {
 	now := n.clock.Now()
@@ -37,20 +70,41 @@ func (n *Node) healthOK(ctx context.Context, id string) {
 	n.health.last[id] = healthMark{written: now}
 	n.health.mu.Unlock()
 	n.sweepCaches(now)
-	if _, err := n.editHealth(ctx, id, func(h *Health) { *h = Health{LastContact: now} }); err != nil && ctx.Err() == nil {
-		n.log.WarnContext(ctx, "tether: record health", "connection", id, "err", err)
+	var back bool // the write ends an unreachable spell
+	c, err := n.editHealth(ctx, id, func(c *Connection) *Event {
+		back = unreachable(c)
+		failures := c.Health.Failures
+		c.Health = Health{LastContact: now}
+		if !back {
+			return nil
+		}
+		return n.reachableEvent(now, failures)
+	})
+	switch {
+	case err != nil:
+		if ctx.Err() == nil {
+			n.log.WarnContext(ctx, "tether: record health", "connection", id, "err", err)
+		}
+	case back:
+		n.logReachability(ctx, c, EventPeerReachable, "")
 	}
 }
 
 // healthFail records a failed exchange; count says whether it adds to the
-// consecutive failures (a pause on the peer's side does not).
+// consecutive failures (a pause on the peer's side does not: the peer
+// answered).
 func (n *Node) healthFail(ctx context.Context, id string, cause error, count bool) {
 	n.health.mu.Lock()
 	if n.health.last == nil {
 		n.health.last = map[string]healthMark{}
 	}
 	now := n.clock.Now()
-	n.health.last[id] = healthMark{written: now, failing: true}
+	m, seen := n.health.last[id]
+	since := m.since // unknown when the entry was swept or never made
+	if seen && !m.failing || !count {
+		since = now // the first failure after a success or an answer
+	}
+	n.health.last[id] = healthMark{written: now, failing: true, since: since}
 	n.health.mu.Unlock()
 	n.sweepCaches(now)
 	msg := cause.Error()
@@ -58,28 +112,87 @@ func (n *Node) healthFail(ctx context.Context, id string, cause error, count boo
 		msg = string(e.Code) + ": " + e.Message
 	}
 	msg = sanitize(msg) // bounded, and nothing invisible, whatever the cause
-	_, err := n.editHealth(ctx, id, func(h *Health) {
+	if strings.HasPrefix(msg, unreachablePrefix) {
+		msg = string(ErrorCode(cause)) + ": " + msg // only healthFail marks
+	}
+	var change EventType
+	c, err := n.editHealth(ctx, id, func(c *Connection) *Event {
+		change = ""
+		was := unreachable(c)
 		if count {
-			h.Failures++
+			c.Health.Failures++
 		}
-		h.LastError = msg
+		c.Health.LastError = msg
+		switch {
+		case was && !count: // the peer answered
+			change = EventPeerReachable
+			return n.reachableEvent(now, c.Health.Failures)
+		case was:
+			c.Health.LastError = unreachablePrefix + msg
+		case count && tracksReachability(c) && c.Health.Failures >= unreachableFailures &&
+			now.Sub(laterOf(c.Health.LastContact, since)) >= unreachableAfter:
+			change = EventPeerUnreachable
+			c.Health.LastError = unreachablePrefix + msg
+			return &Event{Type: EventPeerUnreachable, Time: now, Actor: ActorSystem, Detail: c.Health.LastError}
+		}
+		return nil
 	})
-	if err != nil && ctx.Err() == nil {
-		n.log.WarnContext(ctx, "tether: record health", "connection", id, "err", err)
+	switch {
+	case err != nil:
+		if ctx.Err() == nil {
+			n.log.WarnContext(ctx, "tether: record health", "connection", id, "err", err)
+		}
+	case change != "":
+		n.logReachability(ctx, c, change, msg)
 	}
 }
 
-// editHealth changes a connection's health without an event.
-func (n *Node) editHealth(ctx context.Context, id string, f func(*Health)) (*Connection, error) {
+func (n *Node) reachableEvent(now time.Time, failures int) *Event {
+	return &Event{Type: EventPeerReachable, Time: now, Actor: ActorSystem, Detail: "reachable again after " + strconv.Itoa(failures) + " failed attempts"}
+}
+
+func laterOf(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
+}
+
+// logReachability logs a change of c's reachability, once per change:
+// at Warn when the peer became unreachable, at Info when it answers
+// again. A private side polls its peer, the public side.
+func (n *Node) logReachability(ctx context.Context, c *Connection, change EventType, cause string) {
+	peer := "the peer"
+	if n.endpoint == "" {
+		peer = "its public side"
+	}
+	if change == EventPeerUnreachable {
+		n.log.WarnContext(ctx, "tether: this side cannot reach "+peer, "connection", c.ID, "endpoint", c.RemoteURL, "failures", c.Health.Failures, "since", c.Health.LastContact, "err", cause)
+		return
+	}
+	n.log.InfoContext(ctx, "tether: this side reaches "+peer+" again", "connection", c.ID, "endpoint", c.RemoteURL)
+}
+
+// editHealth changes a connection's health with f, and appends the event
+// f returns, if any, in the same write.
+func (n *Node) editHealth(ctx context.Context, id string, f func(*Connection) *Event) (*Connection, error) {
 	var out *Connection
 	err := retryOnConflict(func() error {
 		c, err := n.store.GetConnection(ctx, id)
 		if err != nil {
 			return err
 		}
-		f(&c.Health)
+		ev := f(c)
 		out = c
-		return n.store.UpdateConnection(ctx, c)
+		if ev == nil {
+			return n.store.UpdateConnection(ctx, c)
+		}
+		if err := n.store.UpdateConnection(ctx, c, *ev); err != nil {
+			return err
+		}
+		e := *ev
+		n.later(ctx, func() { n.emit(id, e) })
+		return nil
 	})
 	return out, err
 }

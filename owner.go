@@ -10,8 +10,8 @@ type ownerKey struct{}
 //   - Get, Events, Update, Pause, Activate, Delete, RevokeInvitation,
 //     Transition, Reauthorize and RevokePeerKey answer a connection of
 //     another owner exactly as one that does not exist: CodeNotFound.
-//   - List lists only the owner's connections, whatever ListOptions.Owner
-//     says.
+//   - List and Feed list only the owner's connections and their events,
+//     whatever ListOptions.Owner or FeedOptions.Owner says.
 //
 // Initiate, Accept and ConnectOrg take the owner from their request, as
 // without a scope. The scope is what an admin API puts on every request

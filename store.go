@@ -172,6 +172,52 @@ type OutboxWatcher interface {
 	WatchOutbox(ctx context.Context, fn func(connectionID string)) error
 }
 
+// FeedStore is implemented by Stores that list the events of all
+// connections after a cursor: the feed a host forwards, as webhooks for
+// instance. memstore and sqlstore implement it; storetest.Run covers it.
+//
+// The guarantee: a reader that starts from the empty cursor and passes
+// each call the next cursor the previous one returned is handed every
+// event the Store holds (of opts.Owner's connections, when set) exactly
+// once: none skipped, none repeated, whatever other goroutines and
+// processes append meanwhile. A reader that crashes resumes from the last
+// cursor it kept, after the last page it finished with. For that, a page
+// holds only events whose place in the feed is final: an event appended
+// later, or by a write that had not committed when the page was read,
+// always comes after the cursor returned with that page. An event appears
+// once the write that appended it committed; on a database with long
+// transactions that can be some time after a later event of another
+// connection appeared.
+//
+// The events of one connection come in ascending Seq order. Those of
+// different connections interleave in an order of the Store's own (about
+// the order their writes committed): Seq need not increase from one event
+// of the feed to the next, so a reader resumes from the cursor, never
+// from a Seq.
+//
+// ListFeed is safe for concurrent use, like every Store method.
+type FeedStore interface {
+	// ListFeed returns the events after the cursor opts.After, in feed
+	// order, at most opts.PageLimit() of them, and the cursor of what
+	// follows. next is never empty: after an empty page it is opts.After
+	// (or the start cursor when opts.After is empty), so a caller keeps
+	// polling with it. Cursors are opaque strings, safe in a URL query;
+	// one that is not a cursor of this Store's feed (malformed, or from
+	// another kind of Store) fails with CodeInvalid. Events of deleted
+	// connections stay in the feed.
+	ListFeed(ctx context.Context, opts FeedOptions) (events []Event, next string, err error)
+}
+
+// FeedOptions selects a page of the event feed.
+type FeedOptions struct {
+	After string // the cursor returned with the previous page; "" for the start of the feed
+	Owner string // only events of connections with this Owner; "" for all
+	Limit int    // page size: 0 means DefaultEventPage, capped at MaxEventPage
+}
+
+// PageLimit returns the effective page size for o.
+func (o FeedOptions) PageLimit() int { return EventLimit(o.Limit) }
+
 // Outbox page limits for Store.ListOutbox.
 const (
 	DefaultOutboxPage = 100

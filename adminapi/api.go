@@ -60,6 +60,7 @@ type API struct {
 	maxBody int64
 	log     *slog.Logger
 	mux     *http.ServeMux
+	wake    waker
 }
 
 // DefaultMaxBody is the request body cap when Config.MaxBody is 0.
@@ -77,6 +78,7 @@ func New(cfg Config) (*API, error) {
 		maxBody: cfg.MaxBody,
 		log:     cfg.Logger,
 		mux:     http.NewServeMux(),
+		wake:    waker{ch: make(chan struct{})},
 	}
 	if a.maxBody <= 0 {
 		a.maxBody = DefaultMaxBody
@@ -98,6 +100,8 @@ func (a *API) routes() {
 	a.handle("POST /connections/{id}/activate", a.lifecycle(a.node.Activate))
 	a.handle("POST /connections/{id}/revoke", a.lifecycle(a.node.RevokeInvitation))
 	a.handle("GET /connections/{id}/events", a.events)
+	a.handle("GET /events", a.feed)
+	a.mux.HandleFunc("GET /events/stream", a.stream)
 	a.handle("POST /invitations/preview", a.preview)
 	a.handle("POST /invitations/accept", a.accept)
 	if a.orgs != nil {

@@ -38,6 +38,13 @@ func TestLifecycle(t *testing.T) {
 		w.must(200, "session-a", "GET", "/connections/"+c.ID, nil).decode(t, &got)
 		return got.Status == "active"
 	})
+	var shown struct {
+		RemoteAdminURL string `json:"remote_admin_url"`
+	}
+	w.must(200, "session-a", "GET", "/connections/"+c.ID, nil).decode(t, &shown)
+	if shown.RemoteAdminURL != "https://agent.example/admin" {
+		t.Errorf("Go to remote: %q", shown.RemoteAdminURL)
+	}
 	for _, step := range []struct{ method, path, want string }{
 		{"POST", "/pause", "paused"},
 		{"POST", "/activate", "active"},

@@ -16,6 +16,8 @@
 //	POST   /connections/{id}/activate
 //	POST   /connections/{id}/revoke        revoke a pending invitation
 //	GET    /connections/{id}/events        history, oldest first (cursor, limit)
+//	GET    /events                         the caller's events of all connections (cursor, limit)
+//	GET    /events/stream                  the same, live, as server-sent events
 //	POST   /invitations/preview            what a code says, without accepting it
 //	POST   /invitations/accept             accept a code
 //	POST   /orgs                           begin an org connection (Config.Orgs)
@@ -66,6 +68,17 @@
 //
 // code is tether's stable error code (tether.Code) and the status is
 // tether.HTTPStatus of it. An internal error's text stays in the log.
+//
+// # Events
+//
+// GET /events pages through the caller's events of all connections in
+// order (tether.Node.Feed): a host that keeps next_cursor after handling
+// each page resumes after a crash without losing or repeating one.
+// GET /events/stream sends them live as server-sent events ("event:
+// tether", the event's JSON as data), so a page updates without a reload;
+// a reconnecting browser resumes after the last id it received. Wire
+// API.Notify to tether.Config.OnEvent so streams send at once; otherwise,
+// and for other processes' events, they look every StreamRecheck.
 //
 // # Org connections
 //

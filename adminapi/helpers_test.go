@@ -11,6 +11,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -41,14 +42,14 @@ func fast(c *tether.Config) {
 }
 
 func open(t *testing.T, net *tethertest.Network, name, endpoint string) *tether.Node {
-	n, _ := openStore(t, net, name, endpoint)
+	n, _ := openStore(t, net, name, endpoint, nil)
 	return n
 }
 
-func openStore(t *testing.T, net *tethertest.Network, name, endpoint string) (*tether.Node, *memstore.Store) {
+func openStore(t *testing.T, net *tethertest.Network, name, endpoint string, onEvent func(tether.Event)) (*tether.Node, *memstore.Store) {
 	t.Helper()
 	st := memstore.New()
-	cfg := tether.Config{Store: st, Transport: net.Transport(name), Endpoint: endpoint, Receiver: tether.ReceiverFunc(func(context.Context, tether.Message) error { return nil })}
+	cfg := tether.Config{Store: st, OnEvent: onEvent, AdminURL: "https://" + name + ".example/admin", Transport: net.Transport(name), Endpoint: endpoint, Receiver: tether.ReceiverFunc(func(context.Context, tether.Message) error { return nil })}
 	fast(&cfg)
 	n, err := tether.Open(context.Background(), cfg)
 	if err != nil {
@@ -94,7 +95,13 @@ func newWorld(t *testing.T, mods ...func(w *world, cfg *adminapi.Config, base st
 	net := tethertest.NewNetwork()
 	t.Cleanup(net.Close)
 	w := &world{t: t, net: net, rec: &recorder{}}
-	w.hub, w.store = openStore(t, net, "hub", "https://hub.example")
+	// The API is made after the node: events reach it through api.
+	var api atomic.Pointer[adminapi.API]
+	w.hub, w.store = openStore(t, net, "hub", "https://hub.example", func(e tether.Event) {
+		if a := api.Load(); a != nil {
+			a.Notify(e)
+		}
+	})
 	w.agent = open(t, net, "agent", "")
 	cfg := adminapi.Config{Node: w.hub, Authenticate: authenticate, MaxBody: 4096}
 	mux := http.NewServeMux()
@@ -102,11 +109,12 @@ func newWorld(t *testing.T, mods ...func(w *world, cfg *adminapi.Config, base st
 	for _, m := range mods {
 		m(w, &cfg, "http://"+w.srv.Listener.Addr().String()+"/api")
 	}
-	api, err := adminapi.New(cfg)
+	a, err := adminapi.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	mux.Handle("/api/", http.StripPrefix("/api", w.rec.wrap(api)))
+	api.Store(a)
+	mux.Handle("/api/", http.StripPrefix("/api", w.rec.wrap(a)))
 	w.srv.Start()
 	t.Cleanup(w.srv.Close)
 	return w
@@ -270,6 +278,8 @@ func (c *capture) Write(b []byte) (int, error) {
 	c.body.Write(b)
 	return c.ResponseWriter.Write(b)
 }
+
+func (c *capture) Unwrap() http.ResponseWriter { return c.ResponseWriter }
 
 func (rec *recorder) wrap(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

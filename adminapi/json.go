@@ -24,6 +24,7 @@ type connectionJSON struct {
 	LocalURL     string            `json:"local_url,omitempty"`
 	RemoteURL    string            `json:"remote_url,omitempty"`
 	RemotePriv   bool              `json:"remote_private"`
+	RemoteAdmin  string            `json:"remote_admin_url,omitempty"`
 	Provider     string            `json:"provider,omitempty"`
 	OrgID        string            `json:"org_id,omitempty"`
 	OrgType      string            `json:"org_type,omitempty"`
@@ -60,6 +61,7 @@ func connectionOf(c *tether.Connection) *connectionJSON {
 		LocalURL:     c.LocalURL,
 		RemoteURL:    c.RemoteURL,
 		RemotePriv:   c.Kind == tether.KindPeer && c.RemotePrivate(),
+		RemoteAdmin:  c.RemoteAdminURL,
 		Provider:     c.Provider,
 		OrgType:      c.OrgType,
 		CreatedBy:    c.CreatedBy,

@@ -22,6 +22,7 @@ type Store struct {
 	conns    map[string]*tether.Connection
 	ids      []string // sorted connection IDs
 	events   map[string][]tether.Event
+	feed     []tether.Event // every event, in ascending Seq order
 	seq      int64
 	used     map[string]time.Time // consumed invitation keys -> expiry
 	sweep    time.Time            // next time used is swept of expired keys
@@ -91,6 +92,7 @@ var (
 	_ tether.Store      = (*Store)(nil)
 	_ tether.NonceStore = (*Store)(nil)
 	_ tether.OAuthStore = (*Store)(nil)
+	_ tether.FeedStore  = (*Store)(nil)
 )
 
 // Option configures a Store.
@@ -377,6 +379,41 @@ func (s *Store) ListEvents(ctx context.Context, connectionID string, after int64
 	return slices.Clone(evs), nil
 }
 
+// ListFeed implements tether.FeedStore. Events are appended under the
+// Store's lock, so the feed is in Seq order, which is also the order in
+// which they became visible; the cursor is the last Seq listed.
+func (s *Store) ListFeed(ctx context.Context, opts tether.FeedOptions) ([]tether.Event, string, error) {
+	const op = "memstore: list feed"
+	if err := ctx.Err(); err != nil {
+		return nil, "", err
+	}
+	cur, err := tether.ParseFeedCursor(opts.After)
+	if err != nil {
+		return nil, "", tether.Wrap(tether.CodeInvalid, op, err)
+	}
+	if cur.Tx != 0 {
+		return nil, "", &tether.Error{Code: tether.CodeInvalid, Op: op, Message: "the feed cursor is not one of this store: pass back a cursor the feed returned"}
+	}
+	limit := opts.PageLimit()
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	i := sort.Search(len(s.feed), func(i int) bool { return s.feed[i].Seq > cur.Seq })
+	var out []tether.Event
+	for _, e := range s.feed[i:] {
+		if len(out) == limit {
+			break
+		}
+		if opts.Owner != "" && s.conns[e.ConnectionID].Owner != opts.Owner {
+			continue
+		}
+		out = append(out, e)
+	}
+	if len(out) > 0 {
+		cur.Seq = out[len(out)-1].Seq
+	}
+	return out, cur.String(), nil
+}
+
 func (s *Store) append(id string, events []tether.Event) {
 	for _, e := range events {
 		s.seq++
@@ -384,6 +421,7 @@ func (s *Store) append(id string, events []tether.Event) {
 		e.ConnectionID = id
 		e.Detail = strings.ToValidUTF8(e.Detail, "\uFFFD")
 		s.events[id] = append(s.events[id], e)
+		s.feed = append(s.feed, e)
 	}
 }
 

@@ -92,6 +92,18 @@
 // one connection never waits for a second. Calls from several goroutines
 // of one Receiver take the transaction in turn.
 //
+// # Event feed
+//
+// The Store implements tether.FeedStore: every connection's events, read
+// in order after a cursor, each once, also while other processes append.
+// On SQLite the order is that of the events' Seq: one transaction writes
+// at a time. On PostgreSQL it is that of the transactions that wrote
+// them, and a page lists only events of transactions older than every
+// transaction still running on the server, so an event committed late
+// by a transaction that began early is not skipped; a transaction left
+// open (idle in transaction, or a long report on another database of the
+// same server) holds the feed back until it ends. See Store.ListFeed.
+//
 // Errors are *tether.Error values; driver errors are translated by their
 // type and code (SQLSTATE for PostgreSQL drivers, extended result codes for
 // modernc.org/sqlite), never by their text, and keep the driver's error as

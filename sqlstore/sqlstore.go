@@ -54,6 +54,7 @@ var (
 	_ tether.OutboxWatcher = (*Store)(nil)
 	_ tether.NonceStore    = (*Store)(nil)
 	_ tether.OAuthStore    = (*Store)(nil)
+	_ tether.FeedStore     = (*Store)(nil)
 )
 
 // New returns a Store on db, after applying the schema migrations it lacks.
@@ -143,6 +144,19 @@ func newQueries(d Dialect) queries {
 	// statement, so the check and the append are one step. Nothing is
 	// appended when the row is missing or closed.
 	if d == PostgreSQL {
+		// An event's tx orders the feed (see ListFeed): the ID of the
+		// transaction writing it, or, if higher, the tx of the
+		// connection's latest event. Writers of one connection's events
+		// hold its row lock (update locks it; create inserts it), so that
+		// latest event is committed and visible to this statement, and
+		// each connection's events keep their Seq order in the feed even
+		// when a transaction that took its ID early writes after one that
+		// took a higher ID. The tx is never below the writer's own ID,
+		// which is what ListFeed relies on. $1 is the connection ID both
+		// times.
+		q.insertEvent = `INSERT INTO tether_events (connection_id, type, time_ns, actor, detail, tx)
+			SELECT $1, $2, $3, $4, $5, GREATEST(pg_current_xact_id(),
+				(SELECT tx FROM tether_events WHERE connection_id = $1 ORDER BY seq DESC LIMIT 1))`
 		// The UPDATE locks the counter row, so concurrent appends to one
 		// connection take numbers one after the other. A deletion updates
 		// that row too: an append waiting for it re-reads the row (READ

@@ -24,6 +24,9 @@ func (n *Node) Feed(ctx context.Context, opts FeedOptions) ([]Event, string, err
 		return nil, "", &Error{Code: CodeInvalid, Op: op, Message: "the Store does not implement tether.FeedStore: it cannot list the event feed"}
 	}
 	if o, ok := OwnerOf(ctx); ok {
+		if o == "" {
+			return nil, "", errEmptyOwner(op)
+		}
 		opts.Owner = o
 	}
 	evs, next, err := fs.ListFeed(ctx, opts)

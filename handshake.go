@@ -281,7 +281,7 @@ func (n *Node) acceptance(ctx context.Context, op string, inv *Invitation, opts 
 	id := derivedID("conn", inv.IssuedAt, inv.Issuer, inv.ID)
 	old, err := n.store.GetConnection(ctx, id)
 	switch {
-	case err == nil && old.Status == StatusPending && old.Role == RoleAcceptor:
+	case err == nil && old.Status == StatusPending && old.Role == RoleAcceptor && old.Owner == opts.Owner:
 		return old, true, nil
 	case err == nil:
 		return nil, false, &Error{Code: CodeAlreadyUsed, Op: op, Message: "invitation was already accepted on this instance"}

@@ -2,6 +2,7 @@ package tether
 
 import (
 	"context"
+	"errors"
 	"maps"
 	"strconv"
 )
@@ -234,7 +235,7 @@ const conflictRetries = 10
 func retryOnConflict(attempt func() error) error {
 	for i := 0; ; i++ {
 		err := attempt()
-		if ErrorCode(err) != CodeConflict || i == conflictRetries {
+		if ErrorCode(err) != CodeConflict || i == conflictRetries || errors.Is(err, errStale) {
 			return err
 		}
 	}

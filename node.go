@@ -319,6 +319,9 @@ func (n *Node) Get(ctx context.Context, id string) (*Connection, error) {
 // next page (empty when there is none).
 func (n *Node) List(ctx context.Context, opts ListOptions) ([]*Connection, string, error) {
 	if o, ok := OwnerOf(ctx); ok {
+		if o == "" {
+			return nil, "", errEmptyOwner("tether: list")
+		}
 		opts.Owner = o
 	}
 	conns, next, err := n.store.ListConnections(ctx, opts)

@@ -1,6 +1,9 @@
 package tether
 
-import "context"
+import (
+	"context"
+	"errors"
+)
 
 type ownerKey struct{}
 
@@ -18,6 +21,12 @@ type ownerKey struct{}
 // after it authenticated the caller, so that no route can forget the check.
 func WithOwner(ctx context.Context, owner string) context.Context {
 	return context.WithValue(ctx, ownerKey{}, owner)
+}
+
+// errEmptyOwner refuses a list under WithOwner(ctx, ""): to a Store an
+// empty owner means every owner.
+func errEmptyOwner(op string) error {
+	return &Error{Code: CodeInvalid, Op: op, Message: "WithOwner was given an empty owner: a list would hold every owner's"}
 }
 
 // OwnerOf returns the owner WithOwner put in ctx, and whether there is one.
@@ -51,10 +60,13 @@ func IfVersion(ctx context.Context, version int64) context.Context {
 	return context.WithValue(ctx, versionKey{}, version)
 }
 
+// errStale marks an IfVersion refusal, which retrying cannot change.
+var errStale = errors.New("stale version")
+
 // unchanged checks c against ctx's IfVersion, if any.
 func unchanged(ctx context.Context, op string, c *Connection) error {
 	if v, ok := ctx.Value(versionKey{}).(int64); ok && c.Version != v {
-		return &Error{Code: CodeConflict, Op: op, Message: "the connection changed since it was read: reload it"}
+		return &Error{Code: CodeConflict, Op: op, Message: "the connection changed since it was read: reload it", Err: errStale}
 	}
 	return nil
 }

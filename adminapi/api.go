@@ -188,6 +188,11 @@ func (a *API) begin(r *http.Request) (context.Context, error) {
 		}
 	}
 	caller, err := a.auth(r)
+	if err == nil && caller.Owner == "" {
+		// An empty owner would scope nothing: refused, never "all".
+		a.log.WarnContext(r.Context(), "adminapi: Authenticate returned a caller without an owner: refused")
+		err = errNoOwner
+	}
 	if err != nil {
 		return nil, &tether.Error{Code: tether.CodeUnauthenticated, Message: "not signed in"}
 	}
@@ -197,6 +202,8 @@ func (a *API) begin(r *http.Request) (context.Context, error) {
 	}
 	return ctx, nil
 }
+
+var errNoOwner = errors.New("no owner")
 
 // changes reports whether method may change state.
 func changes(method string) bool {
@@ -315,11 +322,12 @@ func (a *API) problemOf(r *http.Request, err error) Problem {
 	switch {
 	case err == errMethod:
 		status = http.StatusMethodNotAllowed
-	case code == tether.CodeNotFound:
+	case code == tether.CodeNotFound && r.Pattern == "/":
+		p.Detail = "no such route"
+	case code == tether.CodeNotFound && r.PathValue("id") != "":
+		// The same words whether the connection is missing or another
+		// owner's, whatever the Store said.
 		p.Detail = "no such connection"
-		if r.Pattern == "/" {
-			p.Detail = "no such route"
-		}
 	case code == tether.CodeConflict && r.Header.Get("If-Match") != "":
 		status = http.StatusPreconditionFailed
 	case status >= 500 && code != tether.CodeUnavailable && code != tether.CodePaused && code != tether.CodeDeadlineExceeded:

@@ -365,3 +365,38 @@ func TestUnknownRoute(t *testing.T) {
 func tetherInitiate(dest string) tether.InitiateRequest {
 	return tether.InitiateRequest{Destination: dest, Mode: tether.ModeBasic, LocalName: "Other", RemoteName: "Hub", Name: "Other to hub"}
 }
+
+// A host whose Authenticate returns a caller without an owner gets a
+// refusal, never every tenant's connections.
+func TestCallerWithoutOwnerRefused(t *testing.T) {
+	w := newWorld(t)
+	w.connect("session-a")
+	for _, path := range []string{"/connections", "/events"} {
+		if p := w.must(401, "session-none", "GET", path, nil).problem(t); p.Code != "unauthenticated" {
+			t.Errorf("%s: %+v", path, p)
+		}
+	}
+	if _, _, err := w.hub.List(tether.WithOwner(context.Background(), ""), tether.ListOptions{}); tether.ErrorCode(err) != tether.CodeInvalid {
+		t.Errorf("List under an empty owner: %v", err)
+	}
+	if _, _, err := w.hub.Feed(tether.WithOwner(context.Background(), ""), tether.FeedOptions{}); tether.ErrorCode(err) != tether.CodeInvalid {
+		t.Errorf("Feed under an empty owner: %v", err)
+	}
+}
+
+// A code one tenant accepted (its acceptance still pending with a private
+// initiator) is not handed to another tenant who submits it too.
+func TestAcceptedCodeNotSharedAcrossTenants(t *testing.T) {
+	w := newWorld(t)
+	priv := open(t, w.net, "private-initiator", "")
+	_, code, err := priv.Initiate(context.Background(), tetherInitiate("https://hub.example"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var a conn
+	w.must(201, "session-a", "POST", "/invitations/accept", map[string]string{"code": code}).decode(t, &a)
+	r := w.call("session-b", "POST", "/invitations/accept", map[string]string{"code": code})
+	if p := r.problem(t); p.Code != "already_used" {
+		t.Fatalf("team-b submitting team-a's accepted code: %d %+v", r.status, p)
+	}
+}

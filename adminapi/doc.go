@@ -48,7 +48,9 @@
 // Sec-Fetch-Site: cross-site or same-site is refused. No CSRF token is
 // needed; GET requests change nothing. The org callback is a GET the
 // provider redirects to: it is bound to the login's single-use state and
-// must be finished by the caller who began it.
+// must be finished by the caller who began it, so the session cookie must
+// reach it: the provider's redirect is a cross-site navigation, which a
+// SameSite=Lax cookie accompanies and a SameSite=Strict one does not.
 //
 // # Bodies
 //

@@ -65,12 +65,21 @@ type feedJSON struct {
 // events (text/event-stream), each "event: tether" with the event's JSON,
 // from the cursor in the query or the Last-Event-ID header a reconnecting
 // browser sends; without either, from now on. The last event of each batch
-// carries the id to resume after it.
+// carries the id to resume after it. The caller is authenticated again
+// every StreamRecheck: the stream ends once the session is gone.
 func (a *API) stream(w http.ResponseWriter, r *http.Request) {
 	ctx, err := a.begin(r)
 	if err != nil {
 		a.problem(w, r, err)
 		return
+	}
+	owner, _ := tether.OwnerOf(ctx)
+	// still reports whether the caller is still signed in as the owner the
+	// stream began for: a stream outlives a logout by at most
+	// StreamRecheck.
+	still := func() bool {
+		c, err := a.auth(r)
+		return err == nil && c.Owner == owner
 	}
 	cursor := r.URL.Query().Get("cursor")
 	if id := r.Header.Get("Last-Event-ID"); id != "" {
@@ -136,7 +145,14 @@ func (a *API) stream(w http.ResponseWriter, r *http.Request) {
 			return
 		case <-wake:
 		case <-recheck.C:
+			if !still() {
+				return
+			}
 		case <-heartbeat.C:
+			if !still() {
+				recheck.Stop()
+				return
+			}
 			if _, err := w.Write([]byte(": heartbeat\n\n")); err != nil {
 				recheck.Stop()
 				return

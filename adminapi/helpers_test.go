@@ -74,6 +74,8 @@ func openStore(t *testing.T, net *tethertest.Network, name, endpoint string, onE
 var tenants = map[string]adminapi.Caller{
 	"session-a": {Owner: "team-a", Actor: "alice"},
 	"session-b": {Owner: "team-b", Actor: "bob"},
+	// A host's bug: a session without a team.
+	"session-none": {Actor: "nobody"},
 }
 
 func authenticate(r *http.Request) (adminapi.Caller, error) {

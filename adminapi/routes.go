@@ -12,22 +12,27 @@ import (
 
 func invalid(msg string) error { return &tether.Error{Code: tether.CodeInvalid, Message: msg} }
 
-// limit reads the limit query parameter: empty means def.
-func limit(r *http.Request) (int, error) {
+// limit reads the limit query parameter of an event page: empty means
+// the default.
+func limit(r *http.Request) (int, error) { return limitUpTo(r, tether.MaxEventPage) }
+
+// limitUpTo reads the limit query parameter, 1 to max; empty means the
+// default (0).
+func limitUpTo(r *http.Request, max int) (int, error) {
 	s := r.URL.Query().Get("limit")
 	if s == "" {
 		return 0, nil
 	}
 	n, err := strconv.Atoi(s)
-	if err != nil || n < 1 || n > 1000 {
-		return 0, invalid("limit must be a number from 1 to 1000")
+	if err != nil || n < 1 || n > max {
+		return 0, invalid("limit must be a number from 1 to " + strconv.Itoa(max))
 	}
 	return n, nil
 }
 
 func (a *API) list(ctx context.Context, r *http.Request) (int, any, error) {
 	q := r.URL.Query()
-	n, err := limit(r)
+	n, err := limitUpTo(r, tether.MaxPageSize)
 	if err != nil {
 		return 0, nil, err
 	}

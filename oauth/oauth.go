@@ -510,6 +510,7 @@ func (m *Manager) Choose(ctx context.Context, choice, orgID string) (*tether.Con
 		return nil, &tether.Error{Code: tether.CodeInvalid, Op: op, Message: "the login was begun for a provider this manager does not have"}
 	}
 	if !sameCaller(ctx, pd.Attempt) {
+		m.discard(ctx, p, pd.Record) // the choice is spent: its grant goes too
 		return nil, &tether.Error{Code: tether.CodeInvalid, Op: op, Message: "the login was begun by another team or user: start the connection again"}
 	}
 	for _, c := range pd.Candidates {

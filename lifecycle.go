@@ -181,10 +181,7 @@ func (n *Node) edit(ctx context.Context, op, id string, change func(*Connection)
 func (n *Node) editWith(ctx context.Context, op, id string, change func(*Connection) (*Event, *notice, error)) (*Connection, error) {
 	var out *Connection
 	err := retryOnConflict(func() error {
-		c, err := n.store.GetConnection(ctx, id)
-		if err == nil {
-			err = visible(ctx, op, c)
-		}
+		c, err := n.scoped(ctx, op, id)
 		if err == nil {
 			err = unchanged(ctx, op, c)
 		}
@@ -281,7 +278,7 @@ func (n *Node) Transition(ctx context.Context, id string, action Action, detail 
 		return nil, withOp(op, err)
 	}
 	if action == ActionReauthorize {
-		if c, err := n.store.GetConnection(ctx, id); err == nil && visible(ctx, op, c) == nil && c.Kind == KindPeer {
+		if c, err := n.scoped(ctx, op, id); err == nil && c.Kind == KindPeer {
 			// Trusting the revoked key again is not a recovery.
 			return nil, &Error{Code: CodeInvalid, Op: op, Message: "a peer connection is re-paired with Reauthorize, which pins new keys"}
 		}

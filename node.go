@@ -305,10 +305,7 @@ func (n *Node) emit(id string, evs ...Event) {
 // Get returns a connection by ID, deleted ones included.
 func (n *Node) Get(ctx context.Context, id string) (*Connection, error) {
 	const op = "tether: get"
-	c, err := n.store.GetConnection(ctx, id)
-	if err == nil {
-		err = visible(ctx, op, c)
-	}
+	c, err := n.scoped(ctx, op, id)
 	if err != nil {
 		return nil, n.fail(ctx, op, err)
 	}
@@ -333,11 +330,7 @@ func (n *Node) List(ctx context.Context, opts ListOptions) ([]*Connection, strin
 func (n *Node) Events(ctx context.Context, id string, after int64, limit int) ([]Event, error) {
 	const op = "tether: events"
 	if _, ok := OwnerOf(ctx); ok {
-		c, err := n.store.GetConnection(ctx, id)
-		if err == nil {
-			err = visible(ctx, op, c)
-		}
-		if err != nil {
+		if _, err := n.scoped(ctx, op, id); err != nil {
 			return nil, n.fail(ctx, op, err)
 		}
 	}

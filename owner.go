@@ -35,18 +35,17 @@ func OwnerOf(ctx context.Context) (string, bool) {
 	return o, ok
 }
 
-// visible checks that c may be seen under ctx's owner scope.
-func visible(ctx context.Context, op string, c *Connection) error {
-	if o, ok := OwnerOf(ctx); ok && c.Owner != o {
-		return notFound(op)
+// scoped reads connection id if it may be seen under ctx's owner scope: a
+// connection out of scope is answered as one that does not exist.
+func (n *Node) scoped(ctx context.Context, op, id string) (*Connection, error) {
+	c, err := n.store.GetConnection(ctx, id)
+	if err != nil {
+		return nil, err
 	}
-	return nil
-}
-
-// notFound is the error for a connection that does not exist, or is out
-// of the caller's owner scope: the two are answered alike.
-func notFound(op string) error {
-	return &Error{Code: CodeNotFound, Op: op, Message: "no such connection"}
+	if o, ok := OwnerOf(ctx); ok && c.Owner != o {
+		return nil, &Error{Code: CodeNotFound, Op: op, Message: "no such connection"}
+	}
+	return c, nil
 }
 
 type versionKey struct{}

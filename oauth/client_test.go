@@ -1,7 +1,6 @@
 package oauth_test
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -9,7 +8,6 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
-	"net/http/httputil"
 	"net/url"
 	"strings"
 	"sync"
@@ -183,7 +181,7 @@ type rig struct {
 	store *spyStore
 	m     *oauth.Manager
 	clock *stepClock
-	gate  *gate
+	gate  *oauthtest.Gate
 }
 
 // rigOptions shape a rig; zero values are defaults.
@@ -200,7 +198,7 @@ func newRig(t *testing.T, opts rigOptions) *rig {
 	t.Helper()
 	op := oauthtest.Start(t, oauthtest.Options{RedirectURIs: []string{redirect}, AccessTTL: opts.accessTTL})
 	ctx := context.Background()
-	g := newGate(t, op.Issuer)
+	g := oauthtest.NewGate(t, op.Issuer)
 	st := &spyStore{Store: memstore.New()}
 	clock := &stepClock{Clock: tethertest.NewClock(time.Now())}
 	node, err := tether.Open(ctx, tether.Config{Store: st, Clock: clock})
@@ -298,34 +296,7 @@ func (r *rig) status(t *testing.T, id string) tether.Status {
 // and returns the OAuth error, "" when it was accepted.
 func (r *rig) redeem(t *testing.T, rt string) string {
 	t.Helper()
-	return opCall(t, r.op, "/token", url.Values{"grant_type": {"refresh_token"}, "refresh_token": {rt}})["error"].(string)
-}
-
-// opCall posts form, with the client's credentials, to the provider's
-// endpoint path and returns its JSON answer; "error" is "" on success.
-func opCall(t testing.TB, op *oauthtest.OP, path string, form url.Values) map[string]any {
-	t.Helper()
-	form.Set("client_id", op.ClientID)
-	form.Set("client_secret", op.ClientSecret)
-	resp, err := http.PostForm(op.Issuer+path, form)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	out := map[string]any{"error": ""}
-	if len(bytes.TrimSpace(body)) > 0 {
-		if err := json.Unmarshal(body, &out); err != nil {
-			t.Fatalf("%s answered %s: %s", path, resp.Status, body)
-		}
-	}
-	if resp.StatusCode != http.StatusOK && out["error"] == "" {
-		t.Fatalf("%s answered %s: %s", path, resp.Status, body)
-	}
-	return out
+	return r.op.Post(t, "/token", url.Values{"grant_type": {"refresh_token"}, "refresh_token": {rt}})["error"].(string)
 }
 
 // spyStore is a memstore that counts the reads Token may make and fails
@@ -385,89 +356,6 @@ func (c *stepClock) waited() []time.Duration {
 	w := c.waits
 	c.waits = nil
 	return w
-}
-
-// gate is a reverse proxy in front of the provider's token and revocation
-// endpoints. It passes requests through, except that it answers the next
-// ones with the faults queued, and every one with fail while it is set,
-// without passing them on.
-type gate struct {
-	*httptest.Server
-	tokens  atomic.Int64 // requests to /token
-	revokes atomic.Int64 // requests to /token/revocation
-	passed  atomic.Int64 // requests passed to the provider
-	mu      sync.Mutex
-	queue   []fault
-	fail    fault
-}
-
-// fault answers a request in place of the provider.
-type fault func(w http.ResponseWriter)
-
-func newGate(t *testing.T, issuer string) *gate {
-	t.Helper()
-	target, err := url.Parse(issuer)
-	if err != nil {
-		t.Fatal(err)
-	}
-	proxy := &httputil.ReverseProxy{Rewrite: func(r *httputil.ProxyRequest) { r.SetURL(target) }}
-	g := &gate{}
-	g.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		switch r.URL.Path {
-		case "/token":
-			g.tokens.Add(1)
-		case "/token/revocation":
-			g.revokes.Add(1)
-		}
-		g.mu.Lock()
-		f := g.fail
-		if f == nil && len(g.queue) > 0 {
-			f, g.queue = g.queue[0], g.queue[1:]
-		}
-		g.mu.Unlock()
-		if f != nil {
-			f(w)
-			return
-		}
-		g.passed.Add(1)
-		proxy.ServeHTTP(w, r)
-	}))
-	t.Cleanup(g.Close)
-	return g
-}
-
-// next queues faults for the next requests.
-func (g *gate) next(fs ...fault) {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	g.queue = append(g.queue, fs...)
-}
-
-// reset drops the faults queued.
-func (g *gate) reset() {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	g.queue = nil
-}
-
-// failAll answers every request with f until it is called with nil.
-func (g *gate) failAll(f fault) {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	g.fail = f
-}
-
-// faultAnswer is a fault answering status with a JSON body and headers given
-// as name, value pairs.
-func faultAnswer(status int, body string, header ...string) fault {
-	return func(w http.ResponseWriter) {
-		for i := 0; i+1 < len(header); i += 2 {
-			w.Header().Set(header[i], header[i+1])
-		}
-		w.Header().Set("Content-Type", "application/json")
-		w.WriteHeader(status)
-		_, _ = io.WriteString(w, body)
-	}
 }
 
 // hangUp is a fault that closes the connection without an answer.
@@ -567,33 +455,33 @@ func TestTokenCached(t *testing.T) {
 func TestTokenRetriesTransientFailures(t *testing.T) {
 	r := newRig(t, rigOptions{})
 	ctx := context.Background()
-	unavailable503 := faultAnswer(http.StatusServiceUnavailable, `{"error":"server_error"}`)
+	unavailable503 := oauthtest.Answer(http.StatusServiceUnavailable, `{"error":"server_error"}`)
 	for _, tc := range []struct {
 		name  string
-		fault fault
+		fault oauthtest.Fault
 		minRA time.Duration // the least wait between tries
 		retry time.Duration // the RetryAfter of the error when every try fails
 	}{
 		{name: "503", fault: unavailable503},
-		{name: "429 with Retry-After", fault: faultAnswer(http.StatusTooManyRequests, `{"error":"slow_down"}`, "Retry-After", "2"), minRA: 2 * time.Second, retry: 2 * time.Second},
-		{name: "temporarily_unavailable", fault: faultAnswer(http.StatusBadRequest, `{"error":"temporarily_unavailable"}`)},
+		{name: "429 with Retry-After", fault: oauthtest.Answer(http.StatusTooManyRequests, `{"error":"slow_down"}`, "Retry-After", "2"), minRA: 2 * time.Second, retry: 2 * time.Second},
+		{name: "temporarily_unavailable", fault: oauthtest.Answer(http.StatusBadRequest, `{"error":"temporarily_unavailable"}`)},
 		{name: "no answer", fault: hangUp},
 		{name: "answer cut mid-body", fault: cutAnswer},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			t.Cleanup(r.gate.reset)
+			t.Cleanup(r.gate.Reset)
 			id := r.connect(t, "test-op", "org-retry-"+strings.ReplaceAll(tc.name, " ", "-"))
 			r.clock.Advance(2 * time.Minute) // past the access token's 60 s
 			before := r.stored(t, id)
 
-			r.gate.next(tc.fault, tc.fault)
+			r.gate.Next(tc.fault, tc.fault)
 			r.clock.waited()
-			tokens := r.gate.tokens.Load()
+			tokens := r.gate.Tokens.Load()
 			tok, err := r.m.Token(ctx, id)
 			if err != nil {
 				t.Fatalf("two failures, then a working refresh: %v", err)
 			}
-			if n := r.gate.tokens.Load() - tokens; n != 3 {
+			if n := r.gate.Tokens.Load() - tokens; n != 3 {
 				t.Fatalf("%d calls to the token endpoint, want 3", n)
 			}
 			waits := r.clock.waited()
@@ -611,14 +499,14 @@ func TestTokenRetriesTransientFailures(t *testing.T) {
 
 			r.clock.Advance(2 * time.Minute)
 			before = r.stored(t, id)
-			r.gate.next(tc.fault, tc.fault, tc.fault)
-			tokens = r.gate.tokens.Load()
+			r.gate.Next(tc.fault, tc.fault, tc.fault)
+			tokens = r.gate.Tokens.Load()
 			_, err = r.m.Token(ctx, id)
 			var te *tether.Error
 			if !errors.As(err, &te) || te.Code != tether.CodeUnavailable || te.RetryAfter != tc.retry {
 				t.Fatalf("every try failed: %v, want unavailable (Retry-After %v)", err, tc.retry)
 			}
-			if n := r.gate.tokens.Load() - tokens; n != 3 {
+			if n := r.gate.Tokens.Load() - tokens; n != 3 {
 				t.Fatalf("%d calls to the token endpoint, want 3", n)
 			}
 			after := r.stored(t, id)
@@ -637,14 +525,14 @@ func TestTokenRetriesTransientFailures(t *testing.T) {
 	t.Run("Retry-After too long", func(t *testing.T) {
 		id := r.connect(t, "test-op", "org-retry-long")
 		r.clock.Advance(2 * time.Minute)
-		r.gate.next(faultAnswer(http.StatusServiceUnavailable, `{"error":"server_error"}`, "Retry-After", "120"))
-		tokens := r.gate.tokens.Load()
+		r.gate.Next(oauthtest.Answer(http.StatusServiceUnavailable, `{"error":"server_error"}`, "Retry-After", "120"))
+		tokens := r.gate.Tokens.Load()
 		_, err := r.m.Token(ctx, id)
 		var te *tether.Error
 		if !errors.As(err, &te) || te.Code != tether.CodeUnavailable || te.RetryAfter != 2*time.Minute {
 			t.Fatalf("a 503 asking for two minutes: %v", err)
 		}
-		if n := r.gate.tokens.Load() - tokens; n != 1 {
+		if n := r.gate.Tokens.Load() - tokens; n != 1 {
 			t.Fatalf("%d calls to the token endpoint, want 1: the wait is longer than a call takes", n)
 		}
 	})
@@ -652,13 +540,13 @@ func TestTokenRetriesTransientFailures(t *testing.T) {
 	t.Run("the caller's context ends during the wait", func(t *testing.T) {
 		id := r.connect(t, "test-op", "org-retry-ctx")
 		r.clock.Advance(2 * time.Minute)
-		r.gate.failAll(unavailable503)
-		defer r.gate.failAll(nil)
+		r.gate.FailAll(unavailable503)
+		defer r.gate.FailAll(nil)
 		r.clock.hold.Store(true)
 		defer r.clock.hold.Store(false)
 		cctx, cancel := context.WithCancel(ctx)
 		defer cancel()
-		tokens := r.gate.tokens.Load()
+		tokens := r.gate.Tokens.Load()
 		finished := make(chan struct{})
 		var err error
 		go func() {
@@ -673,7 +561,7 @@ func TestTokenRetriesTransientFailures(t *testing.T) {
 		if tether.ErrorCode(err) != tether.CodeCanceled {
 			t.Fatalf("Token when its context ends during a wait: %v, want canceled", err)
 		}
-		if n := r.gate.tokens.Load() - tokens; n != 1 {
+		if n := r.gate.Tokens.Load() - tokens; n != 1 {
 			t.Fatalf("%d calls to the token endpoint, want 1", n)
 		}
 		if got := r.stored(t, id); got.Failures != 0 {
@@ -690,12 +578,12 @@ func TestTokenInteractionRequired(t *testing.T) {
 	ctx := context.Background()
 	id := r.connect(t, "test-op", "org-interaction")
 	r.clock.Advance(2 * time.Minute)
-	r.gate.next(faultAnswer(http.StatusBadRequest, `{"error":"interaction_required","error_description":"AADSTS50076: MFA"}`))
-	tokens := r.gate.tokens.Load()
+	r.gate.Next(oauthtest.Answer(http.StatusBadRequest, `{"error":"interaction_required","error_description":"AADSTS50076: MFA"}`))
+	tokens := r.gate.Tokens.Load()
 	if _, err := r.m.Token(ctx, id); tether.ErrorCode(err) != tether.CodeUnauthenticated {
 		t.Fatalf("interaction_required: %v, want unauthenticated", err)
 	}
-	if n := r.gate.tokens.Load() - tokens; n != 1 {
+	if n := r.gate.Tokens.Load() - tokens; n != 1 {
 		t.Fatalf("%d calls to the token endpoint, want 1", n)
 	}
 	if r.status(t, id) != tether.StatusInactive || len(r.events(t, id, tether.EventAuthLost)) != 1 {
@@ -716,12 +604,12 @@ func TestTokenNotHandedOutUnstored(t *testing.T) {
 	}
 	r.clock.Advance(2 * time.Minute)
 	r.store.failSave.Store(true)
-	passed := r.gate.passed.Load()
+	passed := r.gate.Passed.Load()
 	tok, err := r.m.Token(ctx, id)
 	if tok != nil || !errors.Is(err, errStoreDown) {
 		t.Fatalf("Token when the store refuses the rotated tokens: %v, %v; want the store's error and no token", tok, err)
 	}
-	if r.gate.passed.Load() == passed {
+	if r.gate.Passed.Load() == passed {
 		t.Fatal("the provider was not asked: the test shows nothing")
 	}
 	if got := r.stored(t, id); got.Access != old.AccessToken || got.Version != 1 {
@@ -843,7 +731,7 @@ func TestClientRefreshesOn401(t *testing.T) {
 
 	t.Run("401, refresh, the request again with its body", func(t *testing.T) {
 		endSession()
-		tokens, hits := r.gate.tokens.Load(), api.hits.Load()
+		tokens, hits := r.gate.Tokens.Load(), api.hits.Load()
 		req, err := http.NewRequestWithContext(ctx, http.MethodPost, api.URL+"/data", strings.NewReader("seventeen bytes!!"))
 		if err != nil {
 			t.Fatal(err)
@@ -851,14 +739,14 @@ func TestClientRefreshesOn401(t *testing.T) {
 		if status, body := apiCall(t, client, req); status != http.StatusOK || body != "17" {
 			t.Fatalf("after a 401: %d %q, want 200 with the body sent again", status, body)
 		}
-		if n, h := r.gate.tokens.Load()-tokens, api.hits.Load()-hits; n != 1 || h != 2 {
+		if n, h := r.gate.Tokens.Load()-tokens, api.hits.Load()-hits; n != 1 || h != 2 {
 			t.Fatalf("%d refreshes and %d API calls, want 1 and 2", n, h)
 		}
 	})
 
 	t.Run("many requests refused at once refresh once", func(t *testing.T) {
 		endSession()
-		tokens := r.gate.tokens.Load()
+		tokens := r.gate.Tokens.Load()
 		var wg sync.WaitGroup
 		for range 10 {
 			wg.Go(func() {
@@ -868,7 +756,7 @@ func TestClientRefreshesOn401(t *testing.T) {
 			})
 		}
 		wg.Wait()
-		if n := r.gate.tokens.Load() - tokens; n != 1 {
+		if n := r.gate.Tokens.Load() - tokens; n != 1 {
 			t.Fatalf("%d refreshes, want 1", n)
 		}
 	})
@@ -887,18 +775,18 @@ func TestClientRefreshesOn401(t *testing.T) {
 			return true
 		})
 		defer api.setRefuse(nil)
-		tokens := r.gate.tokens.Load()
+		tokens := r.gate.Tokens.Load()
 		if status, _ := apiCall(t, client, get()); status != http.StatusOK {
 			t.Fatalf("status %d", status)
 		}
-		if n := r.gate.tokens.Load() - tokens; n != 1 {
+		if n := r.gate.Tokens.Load() - tokens; n != 1 {
 			t.Fatalf("%d refreshes, want only the other caller's", n)
 		}
 	})
 
 	t.Run("a body that cannot be sent again", func(t *testing.T) {
 		endSession()
-		tokens := r.gate.tokens.Load()
+		tokens := r.gate.Tokens.Load()
 		req, err := http.NewRequestWithContext(ctx, http.MethodPost, api.URL+"/data", onlyOnce{strings.NewReader("once")})
 		if err != nil {
 			t.Fatal(err)
@@ -906,7 +794,7 @@ func TestClientRefreshesOn401(t *testing.T) {
 		if status, _ := apiCall(t, client, req); status != http.StatusUnauthorized {
 			t.Fatalf("status %d, want the 401", status)
 		}
-		if n := r.gate.tokens.Load() - tokens; n != 1 {
+		if n := r.gate.Tokens.Load() - tokens; n != 1 {
 			t.Fatalf("%d refreshes, want 1", n)
 		}
 		if status, _ := apiCall(t, client, get()); status != http.StatusOK {
@@ -918,18 +806,18 @@ func TestClientRefreshesOn401(t *testing.T) {
 		api.setRefuse(func(string) bool { return true })
 		defer api.setRefuse(nil)
 		r.clock.Advance(time.Minute)
-		tokens, hits := r.gate.tokens.Load(), api.hits.Load()
+		tokens, hits := r.gate.Tokens.Load(), api.hits.Load()
 		if status, _ := apiCall(t, client, get()); status != http.StatusUnauthorized {
 			t.Fatalf("status %d, want 401", status)
 		}
-		if n, h := r.gate.tokens.Load()-tokens, api.hits.Load()-hits; n != 1 || h != 2 {
+		if n, h := r.gate.Tokens.Load()-tokens, api.hits.Load()-hits; n != 1 || h != 2 {
 			t.Fatalf("%d refreshes and %d API calls, want 1 and 2", n, h)
 		}
 		// A token just issued is not refreshed again for a 401.
 		if status, _ := apiCall(t, client, get()); status != http.StatusUnauthorized {
 			t.Fatalf("status %d, want 401", status)
 		}
-		if n, h := r.gate.tokens.Load()-tokens, api.hits.Load()-hits; n != 1 || h != 3 {
+		if n, h := r.gate.Tokens.Load()-tokens, api.hits.Load()-hits; n != 1 || h != 3 {
 			t.Fatalf("%d refreshes and %d API calls, want 1 and 3", n, h)
 		}
 	})

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/tetherkit/tether"
+	"github.com/tetherkit/tether/internal/oauthtest"
 )
 
 // Sweep refreshes the grants of Active connections idle for half of their
@@ -21,11 +22,11 @@ func TestSweepRefreshesIdleGrants(t *testing.T) {
 	first, plainFirst := r.stored(t, idle), r.stored(t, plain)
 
 	r.clock.Advance(11 * time.Hour)
-	tokens := r.gate.tokens.Load()
+	tokens := r.gate.Tokens.Load()
 	if err := r.m.Sweep(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if n := r.gate.tokens.Load() - tokens; n != 0 {
+	if n := r.gate.Tokens.Load() - tokens; n != 0 {
 		t.Fatalf("11 h into a 24 h IdleTTL, Sweep refreshed %d times", n)
 	}
 
@@ -33,7 +34,7 @@ func TestSweepRefreshesIdleGrants(t *testing.T) {
 	if err := r.m.Sweep(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if n := r.gate.tokens.Load() - tokens; n != 1 {
+	if n := r.gate.Tokens.Load() - tokens; n != 1 {
 		t.Fatalf("13 h into a 24 h IdleTTL, Sweep refreshed %d times, want 1", n)
 	}
 	got := r.stored(t, idle)
@@ -49,7 +50,7 @@ func TestSweepRefreshesIdleGrants(t *testing.T) {
 	if err := r.m.Sweep(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if n := r.gate.tokens.Load() - tokens; n != 1 {
+	if n := r.gate.Tokens.Load() - tokens; n != 1 {
 		t.Fatalf("a second Sweep refreshed again: %d refreshes", n)
 	}
 	if _, err := r.m.Token(ctx, idle); err != nil {
@@ -93,17 +94,17 @@ func TestSweepFailingGrant(t *testing.T) {
 			ctx := context.Background()
 			id := r.connect(t, "test-op", "org-failing")
 			kept := r.stored(t, id).Refresh
-			r.gate.failAll(faultAnswer(http.StatusServiceUnavailable, `{"error":"server_error"}`))
+			r.gate.FailAll(oauthtest.Answer(http.StatusServiceUnavailable, `{"error":"server_error"}`))
 			r.clock.Advance(tc.idle)
 			for i := range tc.failing {
 				if i > 0 {
 					r.clock.Advance(time.Hour)
 				}
-				tokens := r.gate.tokens.Load()
+				tokens := r.gate.Tokens.Load()
 				if err := r.m.Sweep(ctx); tether.ErrorCode(err) != tether.CodeUnavailable {
 					t.Fatalf("sweep %d: %v, want unavailable", i+1, err)
 				}
-				if n := r.gate.tokens.Load() - tokens; n != 3 {
+				if n := r.gate.Tokens.Load() - tokens; n != 3 {
 					t.Fatalf("sweep %d: %d calls to the token endpoint, want 3", i+1, n)
 				}
 				want := 1
@@ -114,11 +115,11 @@ func TestSweepFailingGrant(t *testing.T) {
 					t.Fatalf("sweep %d: %d auth_failing events, want %d", i+1, n, want)
 				}
 				// Right after a failure, the connection is left alone.
-				tokens = r.gate.tokens.Load()
+				tokens = r.gate.Tokens.Load()
 				if err := r.m.Sweep(ctx); err != nil {
 					t.Fatalf("a sweep right after a failure: %v", err)
 				}
-				if n := r.gate.tokens.Load() - tokens; n != 0 {
+				if n := r.gate.Tokens.Load() - tokens; n != 0 {
 					t.Fatalf("a sweep right after a failure called the token endpoint %d times", n)
 				}
 			}
@@ -131,7 +132,7 @@ func TestSweepFailingGrant(t *testing.T) {
 				t.Fatalf("while failing: %s, refresh token kept %v, failures %d", r.status(t, id), got.Refresh == kept, got.Failures)
 			}
 
-			r.gate.failAll(nil)
+			r.gate.FailAll(nil)
 			r.clock.Advance(time.Hour)
 			if err := r.m.Sweep(ctx); err != nil {
 				t.Fatalf("the provider works again: %v", err)
@@ -159,19 +160,19 @@ func TestSweepLostGrant(t *testing.T) {
 		t.Fatal(err)
 	}
 	r.clock.Advance(13 * time.Hour)
-	tokens := r.gate.tokens.Load()
+	tokens := r.gate.Tokens.Load()
 	if err := r.m.Sweep(ctx); tether.ErrorCode(err) != tether.CodeUnauthenticated {
 		t.Fatalf("Sweep over a withdrawn grant: %v, want unauthenticated", err)
 	}
-	if n := r.gate.tokens.Load() - tokens; n != 1 {
+	if n := r.gate.Tokens.Load() - tokens; n != 1 {
 		t.Fatalf("%d calls to the token endpoint, want 1", n)
 	}
 	if r.status(t, id) != tether.StatusInactive || len(r.events(t, id, tether.EventAuthLost)) != 1 {
 		t.Fatalf("after Sweep: %s, %d auth_lost events", r.status(t, id), len(r.events(t, id, tether.EventAuthLost)))
 	}
 	r.clock.Advance(time.Hour)
-	if err := r.m.Sweep(ctx); err != nil || r.gate.tokens.Load()-tokens != 1 {
-		t.Fatalf("Sweep over an inactive connection: %v, %d calls", err, r.gate.tokens.Load()-tokens)
+	if err := r.m.Sweep(ctx); err != nil || r.gate.Tokens.Load()-tokens != 1 {
+		t.Fatalf("Sweep over an inactive connection: %v, %d calls", err, r.gate.Tokens.Load()-tokens)
 	}
 }
 
@@ -190,8 +191,8 @@ func TestDeleteRevokes(t *testing.T) {
 	if err != nil || c.Status != tether.StatusDeleted {
 		t.Fatalf("Delete: %+v, %v", c, err)
 	}
-	if r.gate.revokes.Load() != 1 {
-		t.Fatalf("%d revocation requests, want 1", r.gate.revokes.Load())
+	if r.gate.Revokes.Load() != 1 {
+		t.Fatalf("%d revocation requests, want 1", r.gate.Revokes.Load())
 	}
 	if got := r.redeem(t, rt); got != "invalid_grant" {
 		t.Fatalf("the provider answers the deleted connection's refresh token with %q, want invalid_grant", got)
@@ -206,8 +207,8 @@ func TestDeleteRevokes(t *testing.T) {
 	if _, err := r.m.Token(ctx, id); tether.ErrorCode(err) != tether.CodeNotConnected {
 		t.Fatalf("Token of a deleted connection: %v", err)
 	}
-	if err := r.m.Sweep(ctx); err != nil || r.gate.revokes.Load() != 1 || len(r.events(t, id, tether.EventCredentialsGone)) != 1 {
-		t.Fatalf("Sweep after the revocation: %v, %d revocations", err, r.gate.revokes.Load())
+	if err := r.m.Sweep(ctx); err != nil || r.gate.Revokes.Load() != 1 || len(r.events(t, id, tether.EventCredentialsGone)) != 1 {
+		t.Fatalf("Sweep after the revocation: %v, %d revocations", err, r.gate.Revokes.Load())
 	}
 	peer, _, err := r.node.Initiate(ctx, tether.InitiateRequest{Destination: "https://partner.example/tether", Mode: tether.ModeBasic, LocalName: "Support", RemoteName: "Engineering", Name: "Support to Engineering"})
 	if err != nil {
@@ -228,7 +229,7 @@ func TestDeleteProviderUnreachable(t *testing.T) {
 	other := r.connect(t, "test-op", "org-node-deleted")
 	rt, otherRT := r.stored(t, id).Refresh, r.stored(t, other).Refresh
 
-	r.gate.failAll(hangUp)
+	r.gate.FailAll(hangUp)
 	if c, err := r.m.Delete(ctx, id); err != nil || c.Status != tether.StatusDeleted {
 		t.Fatalf("Delete with the provider unreachable: %+v, %v", c, err)
 	}
@@ -238,18 +239,18 @@ func TestDeleteProviderUnreachable(t *testing.T) {
 	if _, err := r.node.Delete(ctx, other); err != nil {
 		t.Fatal(err)
 	}
-	revokes := r.gate.revokes.Load()
+	revokes := r.gate.Revokes.Load()
 	if err := r.m.Sweep(ctx); tether.ErrorCode(err) != tether.CodeUnavailable {
 		t.Fatalf("Sweep with the provider unreachable: %v, want unavailable", err)
 	}
-	if n := r.gate.revokes.Load() - revokes; n != 1 {
+	if n := r.gate.Revokes.Load() - revokes; n != 1 {
 		t.Fatalf("Sweep tried %d revocations, want 1: the one Delete tried waits", n)
 	}
 	if len(r.events(t, id, tether.EventCredentialsGone))+len(r.events(t, other, tether.EventCredentialsGone)) != 0 {
 		t.Fatal("credentials_gone recorded while the provider cannot be reached")
 	}
 
-	r.gate.failAll(nil)
+	r.gate.FailAll(nil)
 	r.clock.Advance(2 * time.Minute)
 	if err := r.m.Sweep(ctx); err != nil {
 		t.Fatal(err)
@@ -276,7 +277,7 @@ func TestDeleteWithoutRevocationEndpoint(t *testing.T) {
 	if _, err := r.m.Delete(ctx, id); err != nil {
 		t.Fatal(err)
 	}
-	if r.gate.revokes.Load() != 0 {
+	if r.gate.Revokes.Load() != 0 {
 		t.Fatal("a revocation was sent to a provider without an endpoint")
 	}
 	if _, _, err := r.store.LoadOAuthToken(ctx, id); tether.ErrorCode(err) != tether.CodeNotFound {
@@ -308,7 +309,7 @@ func TestRun(t *testing.T) {
 		if !r.clock.WaitForWaiters(1, stopped) {
 			t.Fatalf("Run returned: %v", err)
 		}
-		if got := r.gate.tokens.Load(); got != int64(1+pass) { // the code exchange, then a refresh per pass
+		if got := r.gate.Tokens.Load(); got != int64(1+pass) { // the code exchange, then a refresh per pass
 			t.Fatalf("after pass %d: %d calls to the token endpoint", pass, got)
 		}
 		r.clock.Advance(13 * time.Hour)

@@ -1,13 +1,10 @@
 package sqlstore
 
 import (
-	"context"
-	"database/sql"
-	"errors"
 	"strconv"
 	"strings"
 
-	"github.com/tetherkit/tether"
+	"github.com/tetherkit/tether/internal/sqlerr"
 )
 
 // Dialect names the database behind the *sql.DB.
@@ -50,76 +47,6 @@ func (d Dialect) forUpdate() string {
 	return ""
 }
 
-// sqlStater is implemented by PostgreSQL drivers' errors (pgx's
-// *pgconn.PgError, lib/pq's *pq.Error): the five-character SQLSTATE.
-type sqlStater interface{ SQLState() string }
-
-// sqliteCoder is implemented by modernc.org/sqlite's *sqlite.Error: the
-// extended result code.
-type sqliteCoder interface{ Code() int }
-
 // translate turns a driver error into a *tether.Error by its type and code,
-// never by its text. Context errors stay recognisable through errors.Is.
-func translate(op string, err error) error {
-	if err == nil {
-		return nil
-	}
-	var te *tether.Error
-	if errors.As(err, &te) {
-		return err
-	}
-	code := tether.CodeInternal
-	var (
-		ps sqlStater
-		sc sqliteCoder
-	)
-	switch {
-	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
-		code = tether.CodeUnavailable
-	case errors.Is(err, sql.ErrNoRows):
-		code = tether.CodeNotFound
-	case errors.Is(err, sql.ErrConnDone):
-		code = tether.CodeUnavailable
-	case errors.As(err, &ps):
-		code = pgCode(ps.SQLState())
-	case errors.As(err, &sc):
-		code = sqliteCode(sc.Code())
-	}
-	return &tether.Error{Code: code, Op: op, Err: err}
-}
-
-// pgCode maps SQLSTATE classes and codes.
-func pgCode(state string) tether.Code {
-	switch {
-	case state == "23505": // unique_violation
-		return tether.CodeAlreadyExists
-	case state == "40001", state == "40P01": // serialization failure, deadlock: retry
-		return tether.CodeUnavailable
-	case strings.HasPrefix(state, "08"), strings.HasPrefix(state, "53"), strings.HasPrefix(state, "57"):
-		// connection exception, insufficient resources, operator intervention
-		return tether.CodeUnavailable
-	}
-	return tether.CodeInternal
-}
-
-// SQLite primary result codes (the low byte of an extended code).
-const (
-	sqliteBusy       = 5
-	sqliteLocked     = 6
-	sqliteConstraint = 19
-	// Extended constraint codes.
-	sqliteConstraintPrimaryKey = 1555
-	sqliteConstraintUnique     = 2067
-)
-
-func sqliteCode(code int) tether.Code {
-	switch {
-	case code == sqliteConstraintPrimaryKey, code == sqliteConstraintUnique:
-		return tether.CodeAlreadyExists
-	case code&0xff == sqliteBusy, code&0xff == sqliteLocked:
-		return tether.CodeUnavailable
-	case code&0xff == sqliteConstraint:
-		return tether.CodeInvalid
-	}
-	return tether.CodeInternal
-}
+// never by its text (see sqlerr.Translate).
+func translate(op string, err error) error { return sqlerr.Translate(op, err) }

@@ -7,10 +7,13 @@ import (
 	"database/sql"
 	"encoding/hex"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"net/url"
 	"os"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -21,6 +24,42 @@ import (
 	"github.com/tetherkit/tether/oauth"
 	"github.com/tetherkit/tether/sqlstore"
 )
+
+// redirect is the callback URL registered with the test OAuth server.
+const redirect = "http://127.0.0.1/oauth/callback"
+
+// sfRedirect is the callback URL registered with the Salesforce test server.
+const sfRedirect = "https://app.example/oauth/callback"
+
+// counting counts the requests that reach the token endpoint.
+type counting struct {
+	tokens atomic.Int64
+}
+
+func (c *counting) RoundTrip(r *http.Request) (*http.Response, error) {
+	if strings.HasSuffix(r.URL.Path, "/token") {
+		c.tokens.Add(1)
+	}
+	return http.DefaultTransport.RoundTrip(r)
+}
+
+// clockAt is a settable clock.
+type clockAt struct{ now atomic.Int64 }
+
+func (c *clockAt) Now() time.Time                         { return time.Unix(0, c.now.Load()) }
+func (c *clockAt) After(d time.Duration) <-chan time.Time { return time.After(d) }
+
+// connection returns the connection a completed login created, failing
+// when the login asks for a choice instead.
+func connection(res *oauth.Result, err error) (*tether.Connection, error) {
+	if err != nil {
+		return nil, err
+	}
+	if res.Connection == nil {
+		return nil, fmt.Errorf("the login asks for a choice among %+v", res.Choices)
+	}
+	return res.Connection, nil
+}
 
 // postgresDSN returns a DSN on a schema of its own, dropped afterwards;
 // it skips the test when TETHER_POSTGRES_URL is unset (CI sets it).
@@ -124,7 +163,7 @@ func TestRefreshRaceTwoProcesses(t *testing.T) {
 func TestSweepTwoProcessesPostgres(t *testing.T) {
 	dsn := postgresDSN(t)
 	op := oauthtest.Start(t, oauthtest.Options{RedirectURIs: []string{redirect}})
-	g := newGate(t, op.Issuer)
+	g := oauthtest.NewGate(t, op.Issuer)
 	ctx := context.Background()
 	sealer, err := tether.NewSealer("k1", map[string][]byte{"k1": make([]byte, 32)})
 	if err != nil {
@@ -195,7 +234,7 @@ func TestSweepTwoProcessesPostgres(t *testing.T) {
 		})
 	}
 	wg.Wait()
-	if n := g.revokes.Load(); n != 1 {
+	if n := g.Revokes.Load(); n != 1 {
 		t.Fatalf("two processes sweeping revoked %d times, want 1", n)
 	}
 	evs, err := nodes[1].Events(ctx, c.ID, 0, 0)
@@ -211,7 +250,7 @@ func TestSweepTwoProcessesPostgres(t *testing.T) {
 	if gone != 1 {
 		t.Fatalf("%d credentials_gone events, want 1: %+v", gone, evs)
 	}
-	if got := opCall(t, op, "/token", url.Values{"grant_type": {"refresh_token"}, "refresh_token": {rt}})["error"]; got != "invalid_grant" {
+	if got := op.Post(t, "/token", url.Values{"grant_type": {"refresh_token"}, "refresh_token": {rt}})["error"]; got != "invalid_grant" {
 		t.Fatalf("the provider answers the revoked refresh token with %q", got)
 	}
 }

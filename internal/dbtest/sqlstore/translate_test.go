@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/tetherkit/tether"
+	"github.com/tetherkit/tether/internal/sqlerr"
 	"github.com/tetherkit/tether/sqlstore"
 )
 
@@ -21,17 +22,17 @@ func TestDriverErrorsTranslated(t *testing.T) {
 			t.Fatal(err)
 		}
 		_, err := db.Exec(`INSERT INTO dup (k) VALUES ('a')`)
-		if got := sqlstore.Translate("test", err); tether.ErrorCode(got) != tether.CodeAlreadyExists || !errors.Is(got, err) {
+		if got := sqlerr.Translate("test", err); tether.ErrorCode(got) != tether.CodeAlreadyExists || !errors.Is(got, err) {
 			t.Fatalf("duplicate key %v -> %v, want already_exists wrapping the driver error", err, got)
 		}
 		ctx, cancel := context.WithCancel(context.Background())
 		cancel()
 		_, err = db.ExecContext(ctx, `SELECT 1`)
-		if got := sqlstore.Translate("test", err); tether.ErrorCode(got) != tether.CodeUnavailable || !errors.Is(got, context.Canceled) {
+		if got := sqlerr.Translate("test", err); tether.ErrorCode(got) != tether.CodeUnavailable || !errors.Is(got, context.Canceled) {
 			t.Fatalf("canceled: %v -> %v", err, got)
 		}
 		_, err = db.Exec(`SELECT * FROM no_such_table`)
-		if got := sqlstore.Translate("test", err); tether.ErrorCode(got) != tether.CodeInternal {
+		if got := sqlerr.Translate("test", err); tether.ErrorCode(got) != tether.CodeInternal {
 			t.Fatalf("missing table: %v -> %v", err, got)
 		}
 	})
@@ -60,7 +61,7 @@ func TestDriverErrorsTranslated(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, err = b.Exec(`INSERT INTO x VALUES (2)`)
-	if got := sqlstore.Translate("test", err); tether.ErrorCode(got) != tether.CodeUnavailable {
+	if got := sqlerr.Translate("test", err); tether.ErrorCode(got) != tether.CodeUnavailable {
 		t.Fatalf("busy: %v -> %v, want unavailable", err, got)
 	}
 }

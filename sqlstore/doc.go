@@ -9,6 +9,27 @@
 // keys, OAuth authorization states and tokens) are sealed with
 // Config.Sealer before they are written.
 //
+// # Migrations run by the host
+//
+// Hosts that run schema changes through their own tool (goose, Flyway,
+// Atlas, a release job) take tether's from MigrationFS (files
+// NNNN_name.sql, in the order they apply) or Migrations (the same SQL as a
+// list), per dialect, and open the store with SkipMigrations:
+//
+//	fsys, err := sqlstore.MigrationFS(sqlstore.PostgreSQL)
+//	// copy the files into the tool's directory, or run them in order:
+//	// fs.WalkDir(fsys, ".", ...) and db.ExecContext(ctx, string(body))
+//	store, err := sqlstore.New(ctx, db, sqlstore.PostgreSQL, sqlstore.Config{
+//		Sealer: sealer, SkipMigrations: true,
+//	})
+//
+// Each file ends by recording itself in the table tether_migrations (which
+// the first creates), so New checks that all are applied and fails with
+// CodeInvalid, naming the missing files, when a deploy brings a version of
+// tether with a migration the tool has not run yet. Apply each file in one
+// transaction. "go run github.com/tetherkit/tether/cmd/tether migrations
+// -dialect postgres -out DIR" writes the files of the version in go.mod.
+//
 // # SQLite
 //
 // With modernc.org/sqlite (pure Go), use WAL, a busy timeout, IMMEDIATE

@@ -30,6 +30,13 @@ type Config struct {
 	// the system clock when nil. The times of connections, messages and
 	// leases come from the Node.
 	Clock tether.Clock
+	// SkipMigrations, when true, makes New leave the schema alone: the host
+	// applies the files of MigrationFS (or the SQL of Migrations) with its
+	// own tool, before deploying a version of tether that brings new ones.
+	// New then only checks that every migration is recorded in
+	// tether_migrations, and fails with CodeInvalid, naming the files
+	// missing, when one is not.
+	SkipMigrations bool
 }
 
 // notifyChannel is the PostgreSQL channel outbox appends notify on.
@@ -74,7 +81,11 @@ func New(ctx context.Context, db *sql.DB, dialect Dialect, cfg Config) (*Store, 
 	if s.clock == nil {
 		s.clock = tether.SystemClock()
 	}
-	if err := s.migrate(ctx); err != nil {
+	migrate := s.migrate
+	if cfg.SkipMigrations {
+		migrate = s.checkMigrated
+	}
+	if err := migrate(ctx); err != nil {
 		return nil, err
 	}
 	return s, nil

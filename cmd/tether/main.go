@@ -1,9 +1,13 @@
-// Command tether inspects invitation codes and makes sealing keys.
+// Command tether inspects invitation codes, makes sealing keys and writes
+// sqlstore's schema migrations.
 //
 //	tether inspect [CODE]   verify a code (read from standard input when
 //	                        not given) and print what it says; -json for JSON
 //	tether keygen           print a new random 32-byte sealing key in hex,
 //	                        which tether.ParseSealingKey reads back
+//	tether migrations -dialect sqlite|postgres -out DIR
+//	                        write sqlstore's migrations, NNNN_name.sql,
+//	                        for hosts that apply them with their own tool
 //
 // inspect exits 0 for a valid code and 1 for an invalid one, printing why
 // (a typo gives "damaged"); it makes no network request.
@@ -18,10 +22,12 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
 	"github.com/tetherkit/tether"
+	"github.com/tetherkit/tether/sqlstore"
 )
 
 func main() {
@@ -31,6 +37,8 @@ func main() {
 const usage = `usage:
   tether inspect [-json] [CODE]   verify an invitation code and print it
   tether keygen                   print a new sealing key (hex)
+  tether migrations -dialect sqlite|postgres -out DIR
+                                  write sqlstore's schema migrations into DIR
 `
 
 func run(args []string, stdin io.Reader, stdout, stderr io.Writer, now time.Time) int {
@@ -49,6 +57,8 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer, now time.Time
 		}
 		fmt.Fprintln(stdout, hex.EncodeToString(key))
 		return 0
+	case "migrations":
+		return migrations(args[1:], stdout, stderr)
 	}
 	fmt.Fprint(stderr, usage)
 	return 2
@@ -107,5 +117,45 @@ func inspect(args []string, stdin io.Reader, stdout, stderr io.Writer, now time.
 	fmt.Fprintf(stdout, "initiator:   %s\n", where(inv.Endpoint))
 	fmt.Fprintf(stdout, "destination: %s\n", where(inv.Destination))
 	fmt.Fprintf(stdout, "expires:     %s (in %s)\n", inv.ExpiresAt.Format(time.RFC3339), inv.ExpiresAt.Sub(now).Round(time.Minute))
+	return 0
+}
+
+// migrations writes the dialect's migration files into a directory, which
+// it creates; it does not overwrite a file that differs.
+func migrations(args []string, stdout, stderr io.Writer) int {
+	fl := flag.NewFlagSet("tether migrations", flag.ContinueOnError)
+	fl.SetOutput(stderr)
+	dialect := fl.String("dialect", "", "sqlite or postgres")
+	out := fl.String("out", "", "the directory to write the files into")
+	if err := fl.Parse(args); err != nil {
+		return 2
+	}
+	if *out == "" || fl.NArg() != 0 || (*dialect != string(sqlstore.SQLite) && *dialect != string(sqlstore.PostgreSQL)) {
+		fmt.Fprint(stderr, usage)
+		return 2
+	}
+	all, err := sqlstore.Migrations(sqlstore.Dialect(*dialect))
+	if err == nil {
+		err = os.MkdirAll(*out, 0o755)
+	}
+	for _, m := range all {
+		if err != nil {
+			break
+		}
+		name := filepath.Join(*out, fmt.Sprintf("%04d_%s.sql", m.Version, m.Name))
+		if old, rerr := os.ReadFile(name); rerr == nil {
+			if string(old) != m.SQL {
+				err = fmt.Errorf("%s exists and differs: not overwritten", name)
+			}
+			continue
+		}
+		if err = os.WriteFile(name, []byte(m.SQL), 0o644); err == nil {
+			fmt.Fprintln(stdout, name)
+		}
+	}
+	if err != nil {
+		fmt.Fprintln(stderr, "tether migrations:", err)
+		return 1
+	}
 	return 0
 }

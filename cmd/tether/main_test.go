@@ -4,12 +4,16 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/tetherkit/tether"
 	"github.com/tetherkit/tether/memstore"
+	"github.com/tetherkit/tether/sqlstore"
 	"github.com/tetherkit/tether/tethertest"
 )
 
@@ -82,5 +86,46 @@ func TestKeygen(t *testing.T) {
 	}
 	if _, err := tether.NewSealer("k", map[string][]byte{"k": key}); err != nil {
 		t.Fatal(err)
+	}
+}
+
+func TestMigrations(t *testing.T) {
+	dir := t.TempDir()
+	var out, errb bytes.Buffer
+	if code := run([]string{"migrations", "-dialect", "postgres", "-out", dir}, nil, &out, &errb, time.Now()); code != 0 {
+		t.Fatalf("exit %d: %s", code, errb.String())
+	}
+	all, err := sqlstore.Migrations(sqlstore.PostgreSQL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range all {
+		body, err := os.ReadFile(filepath.Join(dir, fmt.Sprintf("%04d_%s.sql", m.Version, m.Name)))
+		if err != nil || string(body) != m.SQL {
+			t.Fatalf("migration %d: %v", m.Version, err)
+		}
+	}
+	if n := strings.Count(out.String(), "\n"); n != len(all) {
+		t.Fatalf("printed %d files, want %d:\n%s", n, len(all), out.String())
+	}
+	// Again: the same files are left alone; a changed one is not overwritten.
+	if code := run([]string{"migrations", "-dialect", "postgres", "-out", dir}, nil, &out, &errb, time.Now()); code != 0 {
+		t.Fatalf("second run: exit %d: %s", code, errb.String())
+	}
+	changed := filepath.Join(dir, "0001_init.sql")
+	if err := os.WriteFile(changed, []byte("-- edited"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	errb.Reset()
+	if code := run([]string{"migrations", "-dialect", "postgres", "-out", dir}, nil, &out, &errb, time.Now()); code != 1 || !strings.Contains(errb.String(), "differs") {
+		t.Fatalf("an edited file: exit %d: %s", code, errb.String())
+	}
+	if body, _ := os.ReadFile(changed); string(body) != "-- edited" {
+		t.Fatal("an edited file was overwritten")
+	}
+	for _, args := range [][]string{{"migrations"}, {"migrations", "-dialect", "mysql", "-out", dir}, {"migrations", "-dialect", "sqlite"}} {
+		if code := run(args, nil, &out, &errb, time.Now()); code != 2 {
+			t.Fatalf("%v: exit %d, want 2", args, code)
+		}
 	}
 }

@@ -33,6 +33,17 @@
 // mistyped character a local CodeDamagedCode error. A code is accepted at
 // most once, it can be revoked while pending, and it expires.
 //
+// Before initiating, a page given the destination's URL can ask that
+// instance what it is with Node.Probe: one unauthenticated request
+// (OpInfo), checked by the URL policy like an invitation's URLs and capped
+// at MaxInfoBody, answered with the destination's Info (display name,
+// protocol version and configuration modes; nothing about its
+// connections). The page then offers only the modes the destination
+// supports; for a private destination, which cannot be asked, it offers
+// this instance's own (Node.Info). Config.DisplayName and Config.Modes set
+// what an instance answers, and Initiate, Preview and Accept refuse a mode
+// outside Config.Modes.
+//
 // The partner shows what a code says with Node.Preview and accepts it with
 // Node.Accept. The handshake then depends on who is public:
 //

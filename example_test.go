@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log"
+	"slices"
 	"time"
 
 	"github.com/tetherkit/tether"
@@ -97,6 +98,57 @@ func ExampleNode_Preview() {
 	// expires: 2026-11-22T09:00:00Z
 	// initiator private: false destination private: true
 	// true
+}
+
+// Before initiating, the page asks the destination what it supports and
+// offers only the modes both sides have; for "I don't have a URL" it offers
+// its own.
+func ExampleNode_Probe() {
+	ctx := context.Background()
+	network := tethertest.NewNetwork()
+
+	engineering, err := tether.Open(ctx, tether.Config{
+		Store:       memstore.New(),
+		Transport:   network.Transport("engineering"),
+		Endpoint:    "https://engineering.example.com/tether",
+		DisplayName: "Acme Engineering",
+		Modes:       []tether.Mode{tether.ModeScript, tether.ModeBasic},
+	})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer network.Listen(engineering.Endpoint(), engineering)()
+
+	support, err := tether.Open(ctx, tether.Config{
+		Store:     memstore.New(),
+		Transport: network.Transport("support"), // private, all modes
+	})
+	if err != nil {
+		log.Fatal(err)
+	}
+
+	info, err := support.Probe(ctx, "https://engineering.example.com/tether")
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Printf("%s speaks %s\n", info.Name, info.Protocol)
+	for _, m := range info.Modes {
+		if slices.Contains(support.Info().Modes, m) {
+			fmt.Println("offer:", m)
+		}
+	}
+	fmt.Println("private destination, offer:", support.Info().Modes)
+
+	// The URL policy applies before any request: no plain http, no
+	// loopback or private addresses.
+	_, err = support.Probe(ctx, "https://169.254.169.254/latest")
+	fmt.Println(tether.ErrorCode(err), network.Sent("support"))
+	// Output:
+	// Acme Engineering speaks tether/1
+	// offer: script
+	// offer: basic
+	// private destination, offer: [basic visual script]
+	// url_refused 1
 }
 
 // Pause, activate and delete, and the history that stays readable.

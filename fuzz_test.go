@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -78,10 +79,10 @@ func TestFuzzCorpusHasValidCodes(t *testing.T) {
 }
 
 // FuzzHandle feeds arbitrary requests to a node with live connections: it
-// never panics, never accepts an unsigned request, and fails only with
-// typed errors.
+// never panics, never accepts an unsigned request (but the info request,
+// answered with the node's Info only), and fails only with typed errors.
 func FuzzHandle(f *testing.F) {
-	for _, op := range []tether.Op{tether.OpAccept, tether.OpStatus, tether.OpPush, tether.OpPoll, tether.OpClose, tether.OpResume, "bogus"} {
+	for _, op := range []tether.Op{tether.OpAccept, tether.OpStatus, tether.OpPush, tether.OpPoll, tether.OpClose, tether.OpResume, tether.OpInfo, "bogus"} {
 		f.Add(string(op), "", []byte(`{}`))
 		f.Add(string(op), "eyJhbGciOiJFZERTQSJ9.e30.AAAA", []byte(`{"messages":[{"seq":1,"payload":"aGk="}]}`))
 		f.Add(string(op), "a.b.c", []byte(`{"connections":[{"id":"conn_00000000000000000000000001","cursor":-1}]}`))
@@ -94,11 +95,15 @@ func FuzzHandle(f *testing.F) {
 	f.Add(string(tether.OpPush), "", []byte(`{"messages":[{"seq":1,"payload":"aGk="}]}`))
 	f.Fuzz(func(t *testing.T, op, auth string, body []byte) {
 		resp, err := alpha.Handle(context.Background(), &tether.Request{Op: tether.Op(op), Auth: auth, Body: body})
-		if err == nil {
+		if op == string(tether.OpInfo) && err == nil {
+			// The one operation answered without authentication: the
+			// node's unsigned Info, nothing else.
+			if info, perr := tether.ParseInfo(resp.Body); perr != nil || resp.Auth != "" || !cmp.Equal(*info, alpha.Info()) {
+				t.Fatalf("info answer %+v: %v", resp, perr)
+			}
+		} else if err == nil {
 			t.Fatalf("accepted an unsigned request (op %q): %+v", op, resp)
-		}
-		var e *tether.Error
-		if !errors.As(err, &e) || e.Code == tether.CodeInternal {
+		} else if e := (*tether.Error)(nil); !errors.As(err, &e) || e.Code == tether.CodeInternal {
 			t.Fatalf("untyped or internal error: %v", err)
 		}
 		if c := alpha.get(t, abid); c.Status != tether.StatusActive {
@@ -238,6 +243,63 @@ func FuzzNotice(f *testing.F) {
 		_ = json.Unmarshal(resp.Body, &reply)
 		if now, _ := alpha.store.InboxCursor(ctx, aid); reply.Acked != now {
 			t.Fatalf("answered acked %d, inbox cursor at %d", reply.Acked, now)
+		}
+	})
+}
+
+// FuzzParseInfo checks the parser of a probe's answer: it never panics,
+// fails only with CodeProtocol or CodeTooLarge errors that do not quote
+// the input, and whatever it accepts holds known modes only, each once,
+// a bounded name and protocol, and encodes to JSON it parses again
+// identically.
+func FuzzParseInfo(f *testing.F) {
+	for _, s := range []string{
+		`{"name":"Acme Engineering","protocol":"tether/1","modes":["basic","visual","script"]}`,
+		`{"protocol":"tether/1","modes":[]}`,
+		`{"name":"","protocol":"tether/2","modes":["hologram","script","script","basic"],"extra":{"a":[1,2]}}`,
+		`{"name":"Dev \ud83d\udc69\u200d\ud83d\udcbb","protocol":"tether/1","modes":["visual"]}`,
+		`{"name":"Pay\u202epal","protocol":"tether/1","modes":["basic"]}`,
+		`{"NAME":"x","Protocol":"tether/1","MODES":["basic"]}`,
+		`{"protocol":1,"modes":["basic"]}`, `{"protocol":"tether/1","modes":null}`, `{"protocol":"tether/1","modes":[1]}`,
+		`{"protocol":"tether/1","modes":["basic"]} {}`, `null`, `[]`, `"x"`, ``, `{`, "{\"name\":\"\xff\",\"protocol\":\"p\",\"modes\":[]}",
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		info, err := tether.ParseInfo(b)
+		if err != nil {
+			if c := tether.ErrorCode(err); c != tether.CodeProtocol && c != tether.CodeTooLarge {
+				t.Fatalf("error with code %q: %v", c, err)
+			}
+			if len(b) > 24 && strings.Contains(err.Error(), string(b[len(b)-24:])) {
+				t.Fatalf("error quotes the input: %v", err)
+			}
+			return
+		}
+		if info.Modes == nil || len(info.Modes) > 3 {
+			t.Fatalf("modes %v", info.Modes)
+		}
+		for i, m := range info.Modes {
+			if m != tether.ModeBasic && m != tether.ModeVisual && m != tether.ModeScript || slices.Contains(info.Modes[:i], m) {
+				t.Fatalf("modes %q: unknown or repeated", info.Modes)
+			}
+		}
+		if info.Protocol == "" || len(info.Protocol) > tether.MaxProtocolLen || utf8.RuneCountInString(info.Name) > tether.MaxNameLen {
+			t.Fatalf("accepted %+v", info)
+		}
+		if why := visible(info.Name); why != "" {
+			t.Fatalf("accepted the name %+q: %s", info.Name, why)
+		}
+		out, err := json.Marshal(info)
+		if err != nil {
+			t.Fatal(err)
+		}
+		again, err := tether.ParseInfo(out)
+		if err != nil {
+			t.Fatalf("its own encoding %s refused: %v", out, err)
+		}
+		if diff := cmp.Diff(info, again); diff != "" {
+			t.Fatalf("re-parsed differently (-first +second):\n%s", diff)
 		}
 	})
 }

@@ -34,7 +34,9 @@ type InitiateRequest struct {
 
 // Initiate creates a Pending connection and returns it with its invitation
 // code, to be handed to the partner out of band. Refused with
-// CodeBothPrivate when this instance is private and Destination is empty.
+// CodeBothPrivate when this instance is private and Destination is empty,
+// and with CodeInvalid when Mode is not one of Config.Modes (Node.Probe
+// tells which modes the destination supports).
 func (n *Node) Initiate(ctx context.Context, req InitiateRequest) (*Connection, string, error) {
 	const op = "tether: initiate"
 	if n.endpoint == "" && req.Destination == "" {
@@ -83,6 +85,9 @@ func (n *Node) Initiate(ctx context.Context, req InitiateRequest) (*Connection, 
 	if err := c.Validate(); err != nil {
 		return nil, "", withOp(op, err)
 	}
+	if err := n.supportedMode(op, "Mode", c.Mode); err != nil {
+		return nil, "", err
+	}
 	code, err := encodeInvitation(&Invitation{
 		ID: jti, Issuer: ks.instance, Connection: id,
 		Name: c.Name, Description: c.Description,
@@ -112,9 +117,28 @@ func (n *Node) Initiate(ctx context.Context, req InitiateRequest) (*Connection, 
 // Preview verifies an invitation code and returns what it says (who
 // invites, the connection's name, mode, expiry, which sides are private)
 // without accepting it or contacting anyone, so a host can show it before
-// the user confirms.
+// the user confirms. An invitation in a mode this instance does not
+// support (Config.Modes) is refused with CodeInvalid, as Accept refuses it.
 func (n *Node) Preview(code string) (*Invitation, error) {
-	return n.invites.decode("tether: preview invitation", code, n.clock.Now(), nil)
+	const op = "tether: preview invitation"
+	inv, err := n.invites.decode(op, code, n.clock.Now(), nil)
+	if err != nil {
+		return nil, err
+	}
+	if err := n.invitationMode(op, inv); err != nil {
+		return nil, err
+	}
+	return inv, nil
+}
+
+// invitationMode refuses an invitation in a mode this node does not
+// support. A re-pairing code is not refused: it restores a connection
+// that exists already, in the mode it was made with.
+func (n *Node) invitationMode(op string, inv *Invitation) error {
+	if inv.Repairs != "" {
+		return nil
+	}
+	return n.supportedMode(op, "mode", inv.Mode)
 }
 
 // AcceptOptions tunes Accept.
@@ -145,8 +169,10 @@ type AcceptOptions struct {
 // Errors: CodeDamagedCode, CodeMalformed, CodeBadSignature, CodeExpired,
 // CodeNotYetValid, CodeClockSkew for a bad code or clocks too far apart;
 // CodeBothPrivate; CodeInvalid when the code is addressed to another
-// instance; CodeURLRefused; CodeAlreadyUsed when the code was accepted
-// before (errors.Is(err, ErrAlreadyUsed)); CodeRevoked; CodeKeyMismatch when
+// instance or is in a mode this instance does not support (Config.Modes;
+// nothing is stored and the initiator is not contacted); CodeURLRefused;
+// CodeAlreadyUsed when the code was accepted before
+// (errors.Is(err, ErrAlreadyUsed)); CodeRevoked; CodeKeyMismatch when
 // the initiator answered with another key than the code pinned;
 // CodeUnavailable when the initiator could not be reached (the connection
 // is then kept Pending, as above).
@@ -155,6 +181,9 @@ func (n *Node) Accept(ctx context.Context, code string, opts AcceptOptions) (*Co
 	now := n.clock.Now()
 	inv, err := n.invites.decode(op, code, now, nil)
 	if err != nil {
+		return nil, err
+	}
+	if err := n.invitationMode(op, inv); err != nil {
 		return nil, err
 	}
 	ks := n.keys.Load()

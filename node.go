@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"crypto/rand"
+	"encoding/json"
 	"io"
 	"log/slog"
 	"strings"
@@ -37,6 +38,18 @@ type Config struct {
 	// URLPolicy decides which remote URLs may be contacted; the zero value
 	// allows https to public addresses only.
 	URLPolicy URLPolicy
+	// DisplayName is what this instance calls itself to partners that
+	// probe it before initiating a connection (Node.Info, Node.Probe): the
+	// name of the installation, say "Acme Support". Text of at most
+	// MaxNameLen characters, validated like a connection's name; empty:
+	// none is shown.
+	DisplayName string
+	// Modes are the configuration modes this instance supports, in the
+	// order a page should offer them. Nil or empty means all three:
+	// ModeBasic, ModeVisual, ModeScript. When set, Initiate refuses
+	// another mode, and Preview and Accept refuse an invitation in
+	// another mode, with CodeInvalid. Partners learn them from Node.Probe.
+	Modes []Mode
 	// InvitationTTL is the default lifetime of invitations (72 h when zero,
 	// at most MaxInvitationTTL).
 	InvitationTTL time.Duration
@@ -117,6 +130,9 @@ type Node struct {
 	endpoint       string
 	adminURL       string
 	policy         URLPolicy
+	displayName    string
+	modes          []Mode // never empty
+	infoBody       []byte // this node's Info as JSON, the answer to OpInfo
 	ttl            time.Duration
 	handshakeEvery time.Duration
 	clock          Clock
@@ -176,8 +192,17 @@ func Open(ctx context.Context, cfg Config) (*Node, error) {
 	if err := checkURLSyntax("Config.AdminURL", cfg.AdminURL, true); err != nil {
 		return nil, withOp(op, err)
 	}
+	if err := checkText("Config.DisplayName", cfg.DisplayName, 0, MaxNameLen); err != nil {
+		return nil, withOp(op, err)
+	}
+	modes, err := checkModes("Config.Modes", cfg.Modes)
+	if err != nil {
+		return nil, withOp(op, err)
+	}
 	n := &Node{
 		adminURL:       cfg.AdminURL,
+		displayName:    cfg.DisplayName,
+		modes:          modes,
 		store:          cfg.Store,
 		transport:      cfg.Transport,
 		endpoint:       cfg.Endpoint,
@@ -222,6 +247,9 @@ func Open(ctx context.Context, cfg Config) (*Node, error) {
 		n.log = slog.New(slog.DiscardHandler)
 	}
 	n.metrics = newMetrics(cfg.Metrics, n.clock)
+	if n.infoBody, err = json.Marshal(n.Info()); err != nil {
+		return nil, Wrap(CodeInternal, op, err)
+	}
 	n.holder = cfg.Replica
 	if n.holder == "" {
 		holder, err := randomToken(n.rand)

@@ -37,6 +37,11 @@ const (
 	OpClose Op = "close"
 	// OpResume tells a paused peer's sender the connection is active again.
 	OpResume Op = "resume"
+	// OpInfo asks an instance what it is (Info: display name, protocol
+	// version, configuration modes) before a connection exists
+	// (Node.Probe). It is the one operation without authentication: the
+	// request has no Auth and no Body, and the Response is unsigned.
+	OpInfo Op = "info"
 )
 
 // operation is one row of the dispatch table.
@@ -58,6 +63,7 @@ var operations = [...]operation{
 	{OpPoll, func(*Node) int { return maxPollBody }, (*Node).handlePoll},
 	{OpClose, handshakeBody, (*Node).handleClose},
 	{OpResume, handshakeBody, (*Node).handleResume},
+	{OpInfo, func(*Node) int { return 0 }, (*Node).handleInfo},
 }
 
 // Ops returns every operation a Node answers, for transports that route
@@ -83,6 +89,10 @@ func (o Op) Known() bool {
 // requester, refusals included (Response.Code tells a transport which);
 // before that, refusals are errors, which the requester treats as a
 // transient failure and never as a change of state.
+//
+// OpInfo is answered without authentication: its Auth is ignored, its
+// Body must be empty, and the answer is this node's Info as JSON,
+// unsigned. It reads no Store and changes nothing.
 func (n *Node) Handle(ctx context.Context, req *Request) (*Response, error) {
 	const op = "tether: handle"
 	if req == nil {

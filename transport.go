@@ -42,6 +42,9 @@ func OpURL(endpoint string, o Op) string {
 // hints for the transport: the requesting Node reads the refusal from the
 // signed Body, and only a Body signed by the key it pinned changes a
 // connection.
+//
+// The answer to OpInfo is the exception: it has no Auth, and its Body is
+// the answering node's Info as JSON, which changes nothing.
 type Response struct {
 	Auth string
 	Body []byte
@@ -63,6 +66,10 @@ type Response struct {
 // transient failure that changes no connection, whatever its code, since
 // anything on the path could have made it up; it keeps only a short,
 // sanitised summary of its text. Call must return when ctx ends.
+//
+// A request for OpInfo (Node.Probe) has no Auth and no Body: Call sends it
+// without authentication and returns the answer's Body with an empty Auth
+// (over HTTP, a GET answered 200).
 type Transport interface {
 	Call(ctx context.Context, endpoint string, req *Request) (*Response, error)
 }

@@ -3,6 +3,7 @@ package tether
 import (
 	"fmt"
 	"net/url"
+	"slices"
 	"strings"
 	"unicode"
 	"unicode/utf8"
@@ -339,4 +340,33 @@ func checkID(field, s string) error {
 		}
 	}
 	return nil
+}
+
+// allModes are the configuration modes, in the order they are offered.
+var allModes = []Mode{ModeBasic, ModeVisual, ModeScript}
+
+// checkModes validates the modes an instance supports and returns them:
+// all of them when none are named. An unknown or repeated mode is refused.
+func checkModes(field string, modes []Mode) ([]Mode, error) {
+	if len(modes) == 0 {
+		return slices.Clone(allModes), nil
+	}
+	for i, m := range modes {
+		if !m.valid() {
+			return nil, invalidf("", field, "%q is not a mode: each must be basic, visual or script", sanitize(string(m)))
+		}
+		if slices.Contains(modes[:i], m) {
+			return nil, invalidf("", field, "names %s twice", m)
+		}
+	}
+	return slices.Clone(modes), nil
+}
+
+// modeList is modes as words, for messages: "basic, visual".
+func modeList(modes []Mode) string {
+	s := make([]string, len(modes))
+	for i, m := range modes {
+		s[i] = string(m)
+	}
+	return strings.Join(s, ", ")
 }

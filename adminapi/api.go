@@ -104,6 +104,8 @@ func (a *API) routes() {
 	a.mux.HandleFunc("GET /events/stream", a.stream)
 	a.handle("POST /invitations/preview", a.preview)
 	a.handle("POST /invitations/accept", a.accept)
+	a.handle("POST /probe", a.probe)
+	a.handle("GET /info", a.info)
 	if a.orgs != nil {
 		a.handle("POST /orgs", a.beginOrg)
 		a.handle("POST /orgs/choose", a.chooseOrg)

@@ -20,6 +20,8 @@
 //	GET    /events/stream                  the same, live, as server-sent events
 //	POST   /invitations/preview            what a code says, without accepting it
 //	POST   /invitations/accept             accept a code
+//	POST   /probe                          what the instance at a URL is and supports
+//	GET    /info                           what this instance tells those that probe it
 //	POST   /orgs                           begin an org connection (Config.Orgs)
 //	GET    /orgs/callback                  the provider's redirect back
 //	POST   /orgs/choose                    finish with the environment chosen
@@ -28,6 +30,24 @@
 //
 // The OpenAPI description is the reference for every body; a test checks
 // every answer the API gives in its scenarios against it.
+//
+// # Probing a destination
+//
+// Before "Initiate connection", a page that was given the destination's
+// URL posts it to /probe ({"url": "https://..."}): the node asks that
+// instance, once, without authentication and after its URL policy allowed
+// the URL (tether.Node.Probe), and the answer is the destination's
+// display name, protocol version and configuration modes:
+//
+//	{"name": "Acme Engineering", "protocol": "tether/1", "modes": ["basic", "script"]}
+//
+// so the page offers only those modes. It is what the destination claims,
+// for choosing what to show, nothing more. When the destination is private
+// ("I don't have a URL") it cannot be asked: GET /info answers this
+// instance's own, in the same shape, and the page offers its modes.
+// A refused URL is 403 url_refused; a destination that cannot be reached
+// or does not serve tether info, 503 unavailable; an answer that is not
+// tether info, 400 protocol (413 too_large over tether.MaxInfoBody).
 //
 // # Tenants
 //

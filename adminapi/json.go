@@ -169,3 +169,18 @@ type initiateJSON struct {
 type authorizeJSON struct {
 	AuthorizationURL string `json:"authorization_url"`
 }
+
+// infoJSON is what an instance says it is (tether.Info).
+type infoJSON struct {
+	Name     string        `json:"name"`
+	Protocol string        `json:"protocol"`
+	Modes    []tether.Mode `json:"modes"`
+}
+
+func infoOf(i tether.Info) infoJSON {
+	j := infoJSON{Name: i.Name, Protocol: i.Protocol, Modes: i.Modes}
+	if j.Modes == nil {
+		j.Modes = []tether.Mode{}
+	}
+	return j
+}

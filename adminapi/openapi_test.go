@@ -306,6 +306,10 @@ func scenario(t *testing.T, w *world) {
 		t.Fatal(err)
 	}
 	w.must(201, "session-b", "POST", "/invitations/accept", map[string]string{"code": code2})
+	w.must(200, "session-a", "GET", "/info", nil)
+	w.must(200, "session-b", "POST", "/probe", map[string]string{"url": "https://other.example"})
+	w.must(403, "session-b", "POST", "/probe", map[string]string{"url": "https://127.0.0.1/tether"})
+	w.must(503, "session-b", "POST", "/probe", map[string]string{"url": "https://nowhere.example"})
 	w.must(200, "session-a", "GET", "/events?limit=3", nil)
 	w.must(400, "session-a", "GET", "/events?cursor=nope", nil)
 	sctx, cancel := context.WithCancel(t.Context())

@@ -223,6 +223,35 @@ func (a *API) accept(ctx context.Context, r *http.Request) (int, any, error) {
 	return http.StatusCreated, connectionOf(c), nil
 }
 
+type probeRequest struct {
+	// URL is the destination's URL, as a user typed it for "Initiate
+	// connection".
+	URL string `json:"url"`
+}
+
+// probe asks the instance at a destination URL what it is and what it
+// supports (tether.Node.Probe), so the page offers only its modes.
+func (a *API) probe(ctx context.Context, r *http.Request) (int, any, error) {
+	var req probeRequest
+	if err := a.decode(r, &req); err != nil {
+		return 0, nil, err
+	}
+	if req.URL == "" {
+		return 0, nil, invalid("url is required")
+	}
+	info, err := a.node.Probe(ctx, req.URL)
+	if err != nil {
+		return 0, nil, err
+	}
+	return http.StatusOK, infoOf(*info), nil
+}
+
+// info answers this node's own Info: the modes to offer when the
+// destination is private ("I don't have a URL").
+func (a *API) info(context.Context, *http.Request) (int, any, error) {
+	return http.StatusOK, infoOf(a.node.Info()), nil
+}
+
 type beginOrgRequest struct {
 	Provider  string `json:"provider"`
 	Name      string `json:"name"`

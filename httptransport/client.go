@@ -107,6 +107,10 @@ func defaultTransport() *http.Transport {
 func (c *Client) Close() { c.http.CloseIdleConnections() }
 
 // Call implements tether.Transport: it POSTs req to endpoint/v1/{op}.
+// A request for tether.OpInfo is a GET without an Authorization header
+// instead: a 200 answer's body (at most tether.MaxInfoBody bytes, else
+// CodeTooLarge) comes back as a Response with an empty Auth, any other
+// answer as the unsigned error below.
 //
 // An answer carrying a Tether-Auth header is returned as a Response,
 // whatever its HTTP status: Code is the code a refusal's body names (or
@@ -122,6 +126,9 @@ func (c *Client) Call(ctx context.Context, endpoint string, req *tether.Request)
 		return nil, err
 	}
 	ctx = withRoute(ctx)
+	if req.Op == tether.OpInfo {
+		return c.info(ctx, endpoint)
+	}
 	hr, err := http.NewRequestWithContext(ctx, http.MethodPost, tether.OpURL(endpoint, req.Op), bytes.NewReader(req.Body))
 	if err != nil {
 		return nil, &tether.Error{Code: tether.CodeInvalid, Op: op, Message: "cannot build the request", Err: err}
@@ -149,6 +156,36 @@ func (c *Client) Call(ctx context.Context, endpoint string, req *tether.Request)
 		out.Code = refusalCode(body)
 	}
 	return out, nil
+}
+
+// info asks endpoint for its tether.Info: a GET without authentication,
+// through the same policy-checked dialer. A 200 answer's body, at most
+// tether.MaxInfoBody bytes (and MaxBody), is returned with an empty Auth;
+// any other answer is the usual unsigned error.
+func (c *Client) info(ctx context.Context, endpoint string) (*tether.Response, error) {
+	const op = "httptransport: info"
+	hr, err := http.NewRequestWithContext(ctx, http.MethodGet, tether.OpURL(endpoint, tether.OpInfo), nil)
+	if err != nil {
+		return nil, &tether.Error{Code: tether.CodeInvalid, Op: op, Message: "cannot build the request", Err: err}
+	}
+	hr.Header.Set("Accept", contentType)
+	resp, err := c.http.Do(hr)
+	if err != nil {
+		return nil, failure(op, "request failed", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, c.unsigned(op, resp)
+	}
+	limit := min(c.maxBody, tether.MaxInfoBody)
+	body, err := io.ReadAll(io.LimitReader(resp.Body, limit+1))
+	if err != nil {
+		return nil, failure(op, "reading the answer failed", err)
+	}
+	if int64(len(body)) > limit {
+		return nil, &tether.Error{Code: tether.CodeTooLarge, Op: op, Message: "the answer is larger than the limit"}
+	}
+	return &tether.Response{Body: body}, nil
 }
 
 // refusalCode is the code a signed refusal's body names, when it is a

@@ -20,6 +20,16 @@
 // that keeps none of its text, whatever its status, since anything on the
 // way to the peer could have written it.
 //
+// One operation is not signed: a GET (or POST) of {endpoint}/v1/info
+// (tether.OpInfo) is answered 200 without authentication, with the node's
+// tether.Info as JSON (display name, protocol version, configuration
+// modes) and Cache-Control: no-store. It is what tether.Node.Probe asks a
+// destination before a connection exists; it reveals nothing about
+// connections or keys, and changes nothing. The Client sends it without an
+// Authorization header, through the same checked dialer, and reads at most
+// tether.MaxInfoBody bytes of the answer. Every other operation still
+// requires the signed token.
+//
 // A public instance, mounted under any prefix:
 //
 //	node, _ := tether.Open(ctx, tether.Config{

@@ -41,6 +41,11 @@ type HandlerConfig struct {
 // http.ServeMux patterns ("/tether/") or other routers, without stripping
 // the prefix.
 //
+// The one exception is /v1/info (tether.OpInfo), which answers GET and
+// POST without authentication, 200 with the node's tether.Info as JSON,
+// unsigned: what a partner's page asks before a connection exists
+// (tether.Node.Probe). It reads no header or body of the request.
+//
 // Every answer to an authenticated request carries the node's signed token
 // in the Tether-Auth header and the signed body, refusals included: a
 // refusal (a paused or deleted connection, a clock too far off) is answered
@@ -79,6 +84,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case !ok:
 		writeError(w, http.StatusNotFound, &tether.Error{Code: tether.CodeProtocol, Message: "no such tether operation"})
 		return
+	case op == tether.OpInfo:
+		h.serveInfo(w, r)
+		return
 	case r.Method != http.MethodPost:
 		w.Header().Set("Allow", http.MethodPost)
 		writeError(w, http.StatusMethodNotAllowed, &tether.Error{Code: tether.CodeInvalid, Message: "tether requests are POST"})
@@ -110,11 +118,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		err = &tether.Error{Code: tether.CodeInternal, Message: "internal error"}
 	}
 	if err != nil {
-		var e *tether.Error
-		if !errors.As(err, &e) {
-			e = &tether.Error{Code: tether.CodeInternal, Message: "internal error"}
-		}
-		writeError(w, tether.HTTPStatus(e.Code), e)
+		writeNodeError(w, err)
 		return
 	}
 	status := http.StatusOK
@@ -124,6 +128,31 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	w.Header().Set(answerHeader, resp.Auth)
 	if err := writeAnswer(w, status, resp.Body); err != nil {
+		h.log.DebugContext(r.Context(), "httptransport: write answer", "err", err)
+	}
+}
+
+// serveInfo answers OpInfo, for GET and POST, without authentication: the
+// node's unsigned Info. The Authorization header and the body are not read.
+func (h *Handler) serveInfo(w http.ResponseWriter, r *http.Request) {
+	switch {
+	case r.Method != http.MethodGet && r.Method != http.MethodPost:
+		w.Header().Set("Allow", "GET, POST")
+		writeError(w, http.StatusMethodNotAllowed, &tether.Error{Code: tether.CodeInvalid, Message: "tether info is GET or POST"})
+		return
+	case r.URL.RawQuery != "" || r.URL.ForceQuery:
+		writeError(w, http.StatusBadRequest, &tether.Error{Code: tether.CodeInvalid, Message: "tether requests take no query"})
+		return
+	}
+	resp, err := h.node.Handle(r.Context(), &tether.Request{Op: tether.OpInfo, Target: h.target(r)})
+	if err == nil && resp == nil {
+		err = &tether.Error{Code: tether.CodeInternal, Message: "internal error"}
+	}
+	if err != nil {
+		writeNodeError(w, err)
+		return
+	}
+	if err := writeAnswer(w, http.StatusOK, resp.Body); err != nil {
 		h.log.DebugContext(r.Context(), "httptransport: write answer", "err", err)
 	}
 }
@@ -164,6 +193,16 @@ func writeAnswer(w http.ResponseWriter, status int, body []byte) error {
 
 // writeError answers with the error's code and message only, unsigned: the
 // cause stays on this side.
+// writeNodeError answers with the node's error: its code and message, or
+// an internal error for anything that is not a *tether.Error.
+func writeNodeError(w http.ResponseWriter, err error) {
+	var e *tether.Error
+	if !errors.As(err, &e) {
+		e = &tether.Error{Code: tether.CodeInternal, Message: "internal error"}
+	}
+	writeError(w, tether.HTTPStatus(e.Code), e)
+}
+
 func writeError(w http.ResponseWriter, status int, e *tether.Error) {
 	setRetryAfter(w.Header(), e.RetryAfter)
 	msg := e.Message

@@ -56,6 +56,14 @@ func unreachable(c *Connection) bool {
 	return tracksReachability(c) && strings.HasPrefix(c.Health.LastError, unreachablePrefix)
 }
 
+// Unreachable reports whether the partner of peer connection c cannot be
+// reached: exchanges with it kept failing for a while, and an
+// EventPeerUnreachable was recorded (its time says since when; the last
+// exchange that succeeded is Health.LastContact). It turns false with the
+// next exchange that succeeds, and EventPeerReachable. Always false for org
+// connections, pending and deleted ones.
+func (c *Connection) Unreachable() bool { return unreachable(c) }
+
 func (n *Node) healthOK(ctx context.Context, id string) {
 	now := n.clock.Now()
 	n.health.mu.Lock()

@@ -148,8 +148,8 @@ func TestPeerReachabilityEvents(t *testing.T) {
 			if !nuHasEventContaining(t, watched, wid, tether.EventPeerUnreachable, "unreachable: unavailable: ") {
 				t.Errorf("the peer_unreachable event does not say the cause: %+v", watched.events(t, wid))
 			}
-			if le := watched.conn(t, wid).Health.LastError; !strings.HasPrefix(le, "unreachable: ") {
-				t.Errorf("Health.LastError %q while unreachable, want it to say so", le)
+			if c := watched.conn(t, wid); !strings.HasPrefix(c.Health.LastError, "unreachable: ") || !c.Unreachable() {
+				t.Errorf("Health.LastError %q, Unreachable %v while unreachable, want both to say so", c.Health.LastError, c.Unreachable())
 			}
 			if n := watched.countEvents(t, wid, tether.EventPeerReachable); n != 0 {
 				t.Errorf("%d peer_reachable events while the partner cannot be reached", n)
@@ -173,6 +173,9 @@ func TestPeerReachabilityEvents(t *testing.T) {
 			peer.recv.check(t, pid, toPeer.all())
 			if n := watched.countEvents(t, wid, tether.EventPeerReachable); n != 1 {
 				t.Errorf("%d peer_reachable events, want 1", n)
+			}
+			if watched.conn(t, wid).Unreachable() {
+				t.Error("Unreachable after the partner was reached again")
 			}
 			if n := watched.countEvents(t, wid, tether.EventPeerUnreachable); n != 1 {
 				t.Errorf("%d peer_unreachable events after healing, want 1", n)

@@ -44,6 +44,7 @@ type healthJSON struct {
 	LastContact *time.Time `json:"last_contact,omitempty"`
 	Failures    int        `json:"failures"`
 	LastError   string     `json:"last_error,omitempty"`
+	Unreachable bool       `json:"unreachable"`
 }
 
 func connectionOf(c *tether.Connection) *connectionJSON {
@@ -68,7 +69,7 @@ func connectionOf(c *tether.Connection) *connectionJSON {
 		Rules:        c.Rules,
 		RulesVersion: c.RulesVersion,
 		Settings:     c.Settings,
-		Health:       healthJSON{Failures: c.Health.Failures, LastError: c.Health.LastError},
+		Health:       healthJSON{Failures: c.Health.Failures, LastError: c.Health.LastError, Unreachable: c.Unreachable()},
 		CreatedAt:    c.CreatedAt.UTC(),
 		UpdatedAt:    c.UpdatedAt.UTC(),
 		version:      c.Version,

@@ -144,6 +144,9 @@ func run() error {
 	fmt.Printf("help desk at %s (data: %s)\n", cfg.PublicURL, where)
 	fmt.Printf("partners and agents connect to %s/tether\n", cfg.PublicURL)
 	fmt.Printf("sign in at %s/signin\n", cfg.PublicURL)
+	if a.demo != nil {
+		fmt.Printf("demo provider at %s; to withdraw the access of an account you connected:\n  curl -X POST %s/test/withdraw/<account>\n", a.demo.Issuer, a.demo.Issuer)
+	}
 	err = srv.Serve(ln)
 	stop()
 	<-shutdown // every request has ended: the deferred Close may close the database

@@ -149,7 +149,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs := flag.NewFlagSet("agent", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.StringVar(&o.dataDir, "data", "agent-data", "directory for the agent's database and keys (created if missing)")
-	fs.StringVar(&o.invite, "invite", "", "invitation `code` to accept")
+	fs.StringVar(&o.invite, "invite", "", "invitation `code` to accept (other users of this machine may see it in the process list: -invite-file keeps it out)")
 	fs.StringVar(&o.inviteFile, "invite-file", "", "read the invitation code from `path` (- for standard input)")
 	fs.StringVar(&o.name, "name", "agent", "this agent's display `name`, and its short name in new connections when given")
 	fs.StringVar(&o.send, "send", "", "once connected, send `text` once to every active connection")
@@ -337,15 +337,16 @@ func loadSealer(path string) (*tether.Sealer, error) {
 			return nil, err
 		}
 		raw = []byte(hex.EncodeToString(key) + "\n")
-		f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+		// Written whole under another name, then linked into place: a
+		// crash leaves no empty key file, and of two agents started at
+		// once on one directory only one key wins.
+		tmp := path + ".new"
+		if err := os.WriteFile(tmp, raw, 0o600); err != nil {
+			return nil, err
+		}
+		err := os.Link(tmp, path)
+		os.Remove(tmp)
 		if err != nil {
-			return nil, err
-		}
-		if _, err := f.Write(raw); err != nil {
-			f.Close()
-			return nil, err
-		}
-		if err := f.Close(); err != nil {
 			return nil, err
 		}
 	} else if err != nil {

@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
+	"path"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -430,10 +431,23 @@ func sameOrigin(r *http.Request, publicURL string) bool {
 	return true
 }
 
-// localPath returns p when it is a path on this site, "" otherwise.
+// localPath returns p, cleaned, when it is a path on this site, ""
+// otherwise: an absolute path with no scheme or host, no backslash (which
+// browsers read as a slash) and no control character (which they drop).
 func localPath(p string) string {
-	if !strings.HasPrefix(p, "/") || strings.HasPrefix(p, "//") || strings.HasPrefix(p, "/\\") {
+	if strings.ContainsFunc(p, func(r rune) bool { return r == '\\' || r < 0x20 || r == 0x7f }) {
 		return ""
 	}
-	return p
+	u, err := url.Parse(p)
+	if err != nil || u.Scheme != "" || u.Host != "" || u.User != nil || !strings.HasPrefix(u.Path, "/") || strings.Contains(u.Path, "\\") {
+		return ""
+	}
+	if strings.HasPrefix(p, "//") {
+		return ""
+	}
+	c := path.Clean(u.Path) // never begins with "//"
+	if u.RawQuery != "" {
+		c += "?" + u.RawQuery
+	}
+	return c
 }

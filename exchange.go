@@ -109,21 +109,30 @@ func refusedIn(op string, body []byte) error {
 // unsigned turns a failure to get a signed answer into a transient error
 // that keeps a short, sanitised summary of what was said.
 func (n *Node) unsigned(op string, err error) error {
+	e := remoteFailure(op, err, "the peer could not be reached", "no signed answer from the peer")
+	e.RetryAfter = min(e.RetryAfter, n.retryMax)
+	return e
+}
+
+// remoteFailure is CodeUnavailable for a request to another instance that
+// ended in err: unreachable when err is not a *Error, otherwise noAnswer
+// with the claimed code, and the claim kept as the cause, code and summary
+// only: it informs (errors.Is finds its code) but never changes a
+// connection. RetryAfter is the claim's.
+func remoteFailure(op string, err error, unreachable, noAnswer string) *Error {
 	var e *Error
 	if !errors.As(err, &e) {
-		return &Error{Code: CodeUnavailable, Op: op, Message: "the peer could not be reached", Err: err}
+		return &Error{Code: CodeUnavailable, Op: op, Message: unreachable, Err: err}
 	}
-	msg := "no signed answer from the peer"
+	msg := noAnswer
 	if e.Code != "" && e.Code != CodeUnavailable {
 		msg += " (" + sanitize(string(e.Code)) + ")"
 	}
-	// The claim is kept as the cause, code and summary only: it informs
-	// (errors.Is finds its code) but never changes a connection.
 	claim := &Error{Code: e.Code, Message: sanitize(e.Message)}
 	if e.Code == CodeUnavailable {
-		claim.Err = e.Err // a local failure to reach the peer
+		claim.Err = e.Err // a local failure to reach the remote instance
 	}
-	return &Error{Code: CodeUnavailable, Op: op, Message: msg, Err: claim, RetryAfter: min(e.RetryAfter, n.retryMax)}
+	return &Error{Code: CodeUnavailable, Op: op, Message: msg, Err: claim, RetryAfter: e.RetryAfter}
 }
 
 // maxSummary bounds text kept from a peer's answer, in runes.

@@ -120,22 +120,13 @@ func (n *Node) Probe(ctx context.Context, endpoint string) (*Info, error) {
 // was said as the cause.
 func probeFailure(op string, err error) error {
 	var e *Error
-	if !errors.As(err, &e) {
-		return &Error{Code: CodeUnavailable, Op: op, Message: "the destination could not be reached", Err: err}
-	}
-	if e.Code == CodeURLRefused || e.Code == CodeTooLarge {
+	if errors.As(err, &e) && (e.Code == CodeURLRefused || e.Code == CodeTooLarge) {
 		// The transport's own checks: its dialer's policy, its size cap.
 		return &Error{Code: e.Code, Op: op, Message: sanitize(e.Message)}
 	}
-	msg := "the destination did not answer"
-	if e.Code != "" && e.Code != CodeUnavailable {
-		msg += " (" + sanitize(string(e.Code)) + ")"
-	}
-	claim := &Error{Code: e.Code, Message: sanitize(e.Message)}
-	if e.Code == CodeUnavailable {
-		claim.Err = e.Err // a local failure to reach the destination
-	}
-	return &Error{Code: CodeUnavailable, Op: op, Message: msg, Err: claim}
+	pe := remoteFailure(op, err, "the destination could not be reached", "the destination did not answer")
+	pe.RetryAfter = 0
+	return pe
 }
 
 // infoJSON is Info as it arrives, before it is checked.

@@ -43,8 +43,8 @@ func TestTokenRefresh(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	calls := e.calls.tokens.Load()
-	if again, err := e.m.Token(ctx, id); err != nil || again.AccessToken != first.AccessToken || e.calls.tokens.Load() != calls {
+	calls := e.calls.Tokens.Load()
+	if again, err := e.m.Token(ctx, id); err != nil || again.AccessToken != first.AccessToken || e.calls.Tokens.Load() != calls {
 		t.Fatalf("a valid token was not handed out as stored: %v", err)
 	}
 
@@ -62,7 +62,7 @@ func TestTokenRefresh(t *testing.T) {
 		})
 	}
 	wg.Wait()
-	if n := e.calls.tokens.Load() - calls; n != 1 {
+	if n := e.calls.Tokens.Load() - calls; n != 1 {
 		t.Fatalf("50 goroutines needing a refresh made %d calls to the token endpoint, want 1", n)
 	}
 	for _, a := range got {
@@ -93,20 +93,20 @@ func TestTokenWithdrawn(t *testing.T) {
 		t.Fatal(err)
 	}
 	e.clock.now.Add(int64(2 * time.Minute))
-	before := e.calls.tokens.Load()
+	before := e.calls.Tokens.Load()
 	if _, err := e.m.Token(ctx, id); tether.ErrorCode(err) != tether.CodeUnauthenticated {
 		t.Fatalf("refresh of a withdrawn grant: %v, want unauthenticated", err)
 	}
-	if n := e.calls.tokens.Load() - before; n != 1 {
+	if n := e.calls.Tokens.Load() - before; n != 1 {
 		t.Fatalf("the refused refresh made %d calls to the token endpoint, want 1", n)
 	}
 	c, err := e.node.Get(ctx, id)
 	if err != nil || c.Status != tether.StatusInactive {
 		t.Fatalf("connection after a withdrawn grant: %+v, %v", c, err)
 	}
-	calls := e.calls.tokens.Load()
-	if _, err := e.m.Token(ctx, id); tether.ErrorCode(err) != tether.CodeUnauthenticated || e.calls.tokens.Load() != calls {
-		t.Fatalf("an inactive connection: %v, token endpoint calls +%d", err, e.calls.tokens.Load()-calls)
+	calls := e.calls.Tokens.Load()
+	if _, err := e.m.Token(ctx, id); tether.ErrorCode(err) != tether.CodeUnauthenticated || e.calls.Tokens.Load() != calls {
+		t.Fatalf("an inactive connection: %v, token endpoint calls +%d", err, e.calls.Tokens.Load()-calls)
 	}
 	evs, err := e.node.Events(ctx, id, 0, 0)
 	if err != nil {

@@ -18,24 +18,12 @@ import (
 
 const redirect = "http://127.0.0.1/oauth/callback"
 
-// counting counts the requests that reach the token endpoint.
-type counting struct {
-	tokens atomic.Int64
-}
-
-func (c *counting) RoundTrip(r *http.Request) (*http.Response, error) {
-	if strings.HasSuffix(r.URL.Path, "/token") {
-		c.tokens.Add(1)
-	}
-	return http.DefaultTransport.RoundTrip(r)
-}
-
 type env struct {
 	op    *oauthtest.OP
 	node  *tether.Node
 	store *memstore.Store
 	m     *oauth.Manager
-	calls *counting
+	calls *oauthtest.TokenCounter
 	clock *clockAt
 }
 
@@ -54,7 +42,7 @@ func newEnv(t *testing.T) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	calls := &counting{}
+	calls := &oauthtest.TokenCounter{}
 	clock := &clockAt{}
 	clock.now.Store(time.Now().UnixNano())
 	m, err := oauth.New(oauth.Config{
@@ -113,11 +101,11 @@ func TestCallbackRefusals(t *testing.T) {
 	begin := oauth.BeginRequest{Provider: "test-op", Owner: "team-a", LoginHint: "org-refusals"}
 	check := func(name string, q url.Values) {
 		t.Helper()
-		before := e.calls.tokens.Load()
+		before := e.calls.Tokens.Load()
 		if _, err := e.m.Complete(ctx, q); tether.ErrorCode(err) != tether.CodeInvalid {
 			t.Errorf("%s: %v, want invalid", name, err)
 		}
-		if e.calls.tokens.Load() != before {
+		if e.calls.Tokens.Load() != before {
 			t.Errorf("%s: the token endpoint was called", name)
 		}
 	}

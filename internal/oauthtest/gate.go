@@ -8,6 +8,7 @@ import (
 	"net/http/httptest"
 	"net/http/httputil"
 	"net/url"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -38,6 +39,19 @@ func (op *OP) Post(t testing.TB, path string, form url.Values) map[string]any {
 		t.Fatalf("%s answered %s: %s", path, resp.Status, body)
 	}
 	return out
+}
+
+// TokenCounter is an http.RoundTripper that counts the requests reaching a
+// token endpoint (a path ending in /token) and passes every request on.
+type TokenCounter struct {
+	Tokens atomic.Int64
+}
+
+func (c *TokenCounter) RoundTrip(r *http.Request) (*http.Response, error) {
+	if strings.HasSuffix(r.URL.Path, "/token") {
+		c.Tokens.Add(1)
+	}
+	return http.DefaultTransport.RoundTrip(r)
 }
 
 // Gate is a reverse proxy in front of the provider's token and revocation

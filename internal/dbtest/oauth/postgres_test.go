@@ -11,7 +11,6 @@ import (
 	"net/http"
 	"net/url"
 	"os"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -30,18 +29,6 @@ const redirect = "http://127.0.0.1/oauth/callback"
 
 // sfRedirect is the callback URL registered with the Salesforce test server.
 const sfRedirect = "https://app.example/oauth/callback"
-
-// counting counts the requests that reach the token endpoint.
-type counting struct {
-	tokens atomic.Int64
-}
-
-func (c *counting) RoundTrip(r *http.Request) (*http.Response, error) {
-	if strings.HasSuffix(r.URL.Path, "/token") {
-		c.tokens.Add(1)
-	}
-	return http.DefaultTransport.RoundTrip(r)
-}
 
 // clockAt is a settable clock.
 type clockAt struct{ now atomic.Int64 }
@@ -107,7 +94,7 @@ func TestRefreshRaceTwoProcesses(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	calls := &counting{}
+	calls := &oauthtest.TokenCounter{}
 	clock := &clockAt{}
 	clock.now.Store(time.Now().UnixNano())
 	var managers []*oauth.Manager
@@ -132,7 +119,7 @@ func TestRefreshRaceTwoProcesses(t *testing.T) {
 		t.Fatal(err)
 	}
 	clock.now.Add(int64(2 * time.Minute))
-	before := calls.tokens.Load()
+	before := calls.Tokens.Load()
 	var wg sync.WaitGroup
 	got := make([]string, 50)
 	for i := range got {
@@ -147,7 +134,7 @@ func TestRefreshRaceTwoProcesses(t *testing.T) {
 		})
 	}
 	wg.Wait()
-	if n := calls.tokens.Load() - before; n != 1 {
+	if n := calls.Tokens.Load() - before; n != 1 {
 		t.Fatalf("two processes × 25 goroutines needing a refresh made %d token endpoint calls, want 1", n)
 	}
 	for _, a := range got {

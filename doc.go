@@ -121,6 +121,29 @@
 // with full jitter and honour Retry-After; each connection's Health shows
 // the last contact, the last error and the consecutive failures.
 //
+// # Delivery
+//
+// Run's cost does not grow with the connections a node holds, only with
+// the work it has. An idle connection has no goroutine, no timer and no
+// store read. Work is found from what changed: a Send or a notice stored
+// in this process, a notification from a Store other processes share
+// (OutboxWatcher), a retry coming due. The connections with work wait in
+// one queue; a bounded pool of workers (Config.DeliveryWorkers) takes
+// them in turn, one batch each, and a connection with more to send goes
+// to the back, so one busy connection cannot starve the others. A
+// connection's outbox lease (for replicas) is taken when it has work, not
+// renewed while it is idle.
+//
+// What no signal announces is found by a sweep: one query to the Store
+// (OutboxScanner) for the connections with messages waiting. Run sweeps
+// when it starts, so that what a previous process left is delivered,
+// and, on a Store other processes share, every Config.SweepInterval (1 s
+// by default): a message whose notification was lost waits at most that
+// long. A Store only this process uses (memstore; sqlstore on SQLite, see
+// LocalStore) is swept only at start, since every change to it comes
+// through this process. A held long-poll is woken by the same signals and
+// sweeps, and re-reads only the connections they name.
+//
 // # Lifecycle
 //
 // Every status change goes through one transition table, Next; a move it

@@ -241,6 +241,9 @@ func (n *Node) forget(id string) {
 	n.health.mu.Unlock()
 	n.acked.Delete(id)
 	n.statuses.Delete(id)
+	if r := n.sched.Load(); r != nil {
+		r.forget(id)
+	}
 }
 
 // trackedConnections counts the entries this node's per-connection state

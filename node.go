@@ -115,6 +115,18 @@ type Config struct {
 	// then run out after LeaseTTL. Two processes running at the same time
 	// must not share a name.
 	Replica string
+	// DeliveryWorkers bounds how many connections Run pushes to their
+	// peers at once (DefaultDeliveryWorkers when zero). Connections with
+	// messages waiting take turns, one batch each; an idle connection
+	// takes no worker.
+	DeliveryWorkers int
+	// SweepInterval is how often Run asks a Store that other processes
+	// share (an OutboxWatcher) which connections have messages waiting:
+	// one query that catches what a lost notification would otherwise
+	// delay. DefaultSweepInterval when zero. A Store only this process
+	// uses (memstore; SQLite, see LocalStore) is swept only when Run
+	// starts: every message stored after that is signaled in this process.
+	SweepInterval time.Duration
 	// PausedRetry is the Retry-After this instance gives peers whose
 	// deliveries it refuses while a connection is paused (10 s when zero).
 	PausedRetry time.Duration
@@ -158,7 +170,10 @@ type Node struct {
 	batch       int
 	leaseTTL    time.Duration
 	holder      string // this node's name in leases
-	shared      bool   // the Store is shared by processes: re-read it every second
+	shared      bool   // the Store is shared by processes: sweep it, re-read keys
+	workers     int
+	sweepEvery  time.Duration // 0: never after Run's start
+	sched       atomic.Pointer[runner]
 
 	wakeMu   sync.Mutex
 	wake     map[string]map[*waiter]struct{} // per connection: who waits for its outbox or status to change
@@ -225,6 +240,7 @@ func Open(ctx context.Context, cfg Config) (*Node, error) {
 		pausedRetry: orDefault(cfg.PausedRetry, 10*time.Second),
 		batch:       min(orDefault(cfg.BatchSize, 500), MaxOutboxPage),
 		leaseTTL:    orDefault(cfg.LeaseTTL, 2*orDefault(cfg.RequestTimeout, 30*time.Second)),
+		workers:     orDefault(cfg.DeliveryWorkers, DefaultDeliveryWorkers),
 		wake:        make(map[string]map[*waiter]struct{}),
 		changed:     make(chan struct{}, 1),
 	}
@@ -259,6 +275,12 @@ func Open(ctx context.Context, cfg Config) (*Node, error) {
 		n.holder = holder
 	}
 	_, n.shared = n.store.(OutboxWatcher)
+	if l, ok := n.store.(LocalStore); ok && l.Local() {
+		n.shared = false
+	}
+	if n.shared {
+		n.sweepEvery = orDefault(cfg.SweepInterval, DefaultSweepInterval)
+	}
 	inst, err := n.store.LoadInstance(ctx)
 	if ErrorCode(err) == CodeNotFound {
 		inst, err = newInstance(n.clock.Now(), n.rand)

@@ -315,7 +315,7 @@ func (n *Node) handlePoll(ctx context.Context, req *Request) (*Response, error) 
 					}
 				}
 				continue
-			case <-n.recheck():
+			case <-n.pollRecheck():
 				read = body.Connections
 				continue
 			case <-ctx.Done():

@@ -18,6 +18,11 @@ import (
 // closes expired invitations. Failures are retried with backoff and
 // recorded in the connections' Health; they never end Run. Only one Run
 // may be active per Node.
+//
+// An idle connection costs Run nothing: no goroutine, no timer, no store
+// read. A bounded pool of workers (Config.DeliveryWorkers) pushes the
+// connections that have messages waiting, each in turn; see the package
+// documentation, "Delivery", for how work is found.
 func (n *Node) Run(ctx context.Context) error {
 	return n.run(ctx, newRunner(n))
 }
@@ -27,38 +32,108 @@ func (n *Node) run(ctx context.Context, r *runner) error {
 		return &Error{Code: CodeInvalid, Op: "tether: run", Message: "Run is already running on this node"}
 	}
 	defer n.running.Store(false)
-	r.wg.Add(1)
-	go func() {
-		defer r.wg.Done()
-		n.pendingLoop(ctx)
-	}()
-	defer r.wg.Wait()
-	r.wg.Add(1)
-	go func() {
-		defer r.wg.Done()
-		n.keyLoop(ctx)
-	}()
-	if w, ok := n.store.(OutboxWatcher); ok {
+	r.ctx = ctx
+	n.sched.Store(r)
+	defer n.sched.Store(nil)
+	defer r.stop(ctx)
+	if w, ok := n.store.(OutboxWatcher); ok && n.shared {
 		r.wg.Add(1)
 		go func() {
 			defer r.wg.Done()
 			n.watchOutbox(ctx, w)
 		}()
 	}
-	// At start, deleted connections too: a deletion notice stored before a
-	// restart still has to reach the peer.
-	r.refreshDeleted(ctx)
-	for {
+	// At start, every connection with messages waiting, deleted ones too:
+	// a deletion notice stored before a restart still has to reach the
+	// peer.
+	r.sweep(ctx)
+	if n.endpoint == "" {
 		r.refresh(ctx)
-		r.refreshKicked(ctx)
-		n.sweepCaches(n.clock.Now())
-		n.metrics.sweep(ctx, n.clock.Now(), n.ackedStale())
+	}
+	// The handshake follow-up and the key pass run in a goroutine of their
+	// own while they run, and are timed from their end; the scheduler's
+	// timer fires for the next retry, sweep or rescan, whichever is first.
+	var (
+		syncC, keysC         <-chan time.Time
+		syncDone             = make(chan struct{})
+		keysDone             = make(chan struct{})
+		keys                 keyPass
+		timerC               <-chan time.Time
+		timerAt              time.Time
+		nextSweep, nextPrune time.Time
+	)
+	start := n.clock.Now()
+	nextPrune = start.Add(rescanInterval)
+	if n.sweepEvery > 0 {
+		nextSweep = start.Add(n.sweepEvery)
+	}
+	spawn := func(f func(), done chan struct{}) {
+		r.wg.Add(1)
+		go func() {
+			defer r.wg.Done()
+			f()
+			select {
+			case done <- struct{}{}:
+			case <-ctx.Done():
+			}
+		}()
+	}
+	spawn(func() { n.syncPass(ctx) }, syncDone)
+	spawn(func() { n.keyPass(ctx, &keys) }, keysDone)
+	for {
+		now := n.clock.Now()
+		next := r.due(now)
+		if !nextSweep.IsZero() && !now.Before(nextSweep) {
+			r.sweep(ctx)
+			nextSweep = now.Add(n.sweepEvery)
+		}
+		if !now.Before(nextPrune) {
+			r.prune(now)
+			if n.endpoint == "" && n.shared {
+				r.refresh(ctx) // connections other processes added
+			}
+			nextPrune = now.Add(rescanInterval)
+		}
+		n.sweepCaches(now)
+		n.metrics.sweep(ctx, now, n.ackedStale())
+		for _, t := range []time.Time{nextSweep, nextPrune} {
+			if !t.IsZero() && (next.IsZero() || t.Before(next)) {
+				next = t
+			}
+		}
+		if timerC == nil || next.Before(timerAt) {
+			timerC, timerAt = n.clock.After(next.Sub(now)), next
+		}
 		select {
 		case <-ctx.Done():
 			return contextError("tether: run", ctx.Err())
 		case <-n.changed:
-		case <-n.clock.After(rescanInterval):
+			r.refreshKicked(ctx)
+			if n.endpoint == "" {
+				r.refresh(ctx)
+			}
+			r.sweep(ctx)
+		case <-r.retryChanged:
+		case <-timerC:
+			timerC, timerAt = nil, time.Time{}
+		case <-syncDone:
+			syncC = n.clock.After(n.handshakeEvery)
+		case <-syncC:
+			syncC = nil
+			spawn(func() { n.syncPass(ctx) }, syncDone)
+		case <-keysDone:
+			keysC = n.clock.After(n.keyEvery())
+		case <-keysC:
+			keysC = nil
+			spawn(func() { n.keyPass(ctx, &keys) }, keysDone)
 		}
+	}
+}
+
+// syncPass completes the handshakes of pending invitations once.
+func (n *Node) syncPass(ctx context.Context) {
+	if err := n.Sync(ctx); err != nil && ctx.Err() == nil {
+		n.log.WarnContext(ctx, "tether: sync pending invitations", "err", err)
 	}
 }
 
@@ -77,76 +152,84 @@ func (n *Node) watchOutbox(ctx context.Context, w OutboxWatcher) {
 	}
 }
 
-// rescanInterval is how often Run looks for connections added by other
-// replicas sharing the Store, and, while retired keys exist, for
-// connections that do not sign with the current key yet.
+// rescanInterval is how often Run drops what it keeps of connections gone
+// idle, and, on a private side sharing its Store, looks for connections
+// other processes added; and, while retired keys exist, how often it
+// looks for connections that do not sign with the current key yet.
 const rescanInterval = 30 * time.Second
 
-// keyLoop re-reads the instance's keys every second when other processes
-// share the Store (one of them may rotate), and, while retired keys exist,
-// sweeps connections onto the current key and drops retired keys no
-// connection uses.
-func (n *Node) keyLoop(ctx context.Context) {
-	every := rescanInterval
+// keyEvery is how often Run looks at the instance's keys: every second
+// when other processes share the Store (one of them may rotate).
+func (n *Node) keyEvery() time.Duration {
 	if n.shared {
-		every = idleRecheck
+		return idleRecheck
 	}
-	var (
-		swept        time.Time
-		sweptVersion int64 // the keys' version last swept for
-	)
-	for {
-		if n.shared {
-			n.reloadKeys(ctx)
-		}
-		ks := n.keys.Load()
-		if now := n.clock.Now(); len(ks.verify) > 1 && now.Sub(swept) >= rescanInterval || ks.version != sweptVersion {
-			swept, sweptVersion = now, ks.version
-			if err := n.keySweep(ctx, ks); err != nil && ctx.Err() == nil {
-				n.log.WarnContext(ctx, "tether: move connections to the current key", "err", err)
-			}
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-n.clock.After(every):
+	return rescanInterval
+}
+
+// keyPass is what Run's key passes remember between them.
+type keyPass struct {
+	swept   time.Time
+	version int64 // the keys' version last swept for
+}
+
+// keyPass re-reads the instance's keys when other processes share the
+// Store, and, while retired keys exist, sweeps connections onto the
+// current key and drops retired keys no connection uses.
+func (n *Node) keyPass(ctx context.Context, p *keyPass) {
+	if n.shared {
+		n.reloadKeys(ctx)
+	}
+	ks := n.keys.Load()
+	if now := n.clock.Now(); len(ks.verify) > 1 && now.Sub(p.swept) >= rescanInterval || ks.version != p.version {
+		p.swept, p.version = now, ks.version
+		if err := n.keySweep(ctx, ks); err != nil && ctx.Err() == nil {
+			n.log.WarnContext(ctx, "tether: move connections to the current key", "err", err)
 		}
 	}
 }
 
-func (n *Node) pendingLoop(ctx context.Context) {
-	for {
-		if err := n.Sync(ctx); err != nil && ctx.Err() == nil {
-			n.log.WarnContext(ctx, "tether: sync pending invitations", "err", err)
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-n.clock.After(n.handshakeEvery):
-		}
-	}
-}
-
-// runner keeps the workers of one Run: a pusher per connection to a public
-// peer, and, on a private side, a puller per public endpoint.
+// runner keeps the work of one Run: the delivery scheduler's queue, retry
+// timers and workers, and, on a private side, a puller per public
+// endpoint.
 type runner struct {
-	n  *Node
-	wg sync.WaitGroup
+	n          *Node
+	ctx        context.Context
+	wg         sync.WaitGroup
+	maxWorkers int
+	// retryChanged tells Run's loop that a retry was scheduled: its timer
+	// may have to fire sooner.
+	retryChanged chan struct{}
 
 	mu      sync.Mutex
-	pushers map[string]bool      // connection IDs with a running pusher
+	work    map[string]*pushWork // connections with work, a retry or a lease
+	ready   []*pushWork          // waiting for a worker, in turn
+	retries retryHeap
+	workers int
+	stopped bool // Run is ending: no worker starts
+	// skip holds connections whose peer is private: it polls, nothing is
+	// pushed. Cleared when connections change (a peer may move).
+	skip    map[string]bool
 	pullers map[string][]*puller // by endpoint and peer key
 }
 
 func newRunner(n *Node) *runner {
-	return &runner{n: n, pushers: map[string]bool{}, pullers: map[string][]*puller{}}
+	return &runner{n: n, maxWorkers: n.workers, retryChanged: make(chan struct{}, 1),
+		work: map[string]*pushWork{}, skip: map[string]bool{}, pullers: map[string][]*puller{}}
 }
 
-// refresh starts the workers the stored connections need, and tells
-// pullers which of their connections are active.
+// refresh gives the stored connections of a private side to its pullers,
+// and tells them which are active.
 func (r *runner) refresh(ctx context.Context) {
-	n := r.n
-	for _, status := range []Status{StatusActive, StatusPaused, StatusInactive} {
+	r.n.eachPeerConnection(ctx, []Status{StatusActive, StatusPaused, StatusInactive}, func(c *Connection) {
+		r.ensurePuller(ctx, c)
+	})
+}
+
+// eachPeerConnection calls fn with every stored peer connection with one
+// of statuses, page by page; a failure is logged and ends the pass.
+func (n *Node) eachPeerConnection(ctx context.Context, statuses []Status, fn func(*Connection)) {
+	for _, status := range statuses {
 		opts := ListOptions{Status: status, Kind: KindPeer, Limit: MaxPageSize}
 		for {
 			conns, next, err := n.store.ListConnections(ctx, opts)
@@ -157,7 +240,7 @@ func (r *runner) refresh(ctx context.Context) {
 				return
 			}
 			for _, c := range conns {
-				r.ensure(ctx, c)
+				fn(c)
 			}
 			if next == "" {
 				break
@@ -167,65 +250,34 @@ func (r *runner) refresh(ctx context.Context) {
 	}
 }
 
-// refreshKicked makes sure the connections with a new notice have a
-// pusher, deleted ones included.
+// refreshKicked runs the connections with a new notice, deleted ones
+// included, and, on a private side, updates their pullers.
 func (r *runner) refreshKicked(ctx context.Context) {
+	r.mu.Lock()
+	clear(r.skip) // a connection changed: its peer may have moved
+	r.mu.Unlock()
 	for _, id := range r.n.takeKicked() {
+		r.mark(id, true)
+		if r.n.endpoint != "" {
+			continue
+		}
 		c, err := r.n.store.GetConnection(ctx, id)
 		if err != nil {
 			continue // gone, or the store failed: the rescan or a restart catches up
 		}
 		if c.Status != StatusPending {
-			r.ensure(ctx, c)
+			r.ensurePuller(ctx, c)
 		}
 	}
 }
 
-// refreshDeleted starts a pusher for each deleted connection whose
-// deletion notice a public peer may not have acknowledged yet.
-func (r *runner) refreshDeleted(ctx context.Context) {
-	n := r.n
-	opts := ListOptions{Status: StatusDeleted, Kind: KindPeer, Limit: MaxPageSize}
-	for {
-		conns, next, err := n.store.ListConnections(ctx, opts)
-		if err != nil {
-			if ctx.Err() == nil {
-				n.log.WarnContext(ctx, "tether: list deleted connections", "err", err)
-			}
-			return
-		}
-		for _, c := range conns {
-			if c.NoticeSeq > 0 && c.RemoteURL != "" {
-				r.ensure(ctx, c)
-			}
-		}
-		if next == "" {
-			return
-		}
-		opts.After = next
-	}
-}
-
-func (r *runner) ensure(ctx context.Context, c *Connection) {
-	if c.RemoteURL == "" {
-		return // the peer is private: it calls this side
+// ensurePuller makes a private side's puller for c's endpoint carry c.
+func (r *runner) ensurePuller(ctx context.Context, c *Connection) {
+	if c.RemoteURL == "" || r.n.endpoint != "" || c.Status == StatusDeleted {
+		return
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if !r.pushers[c.ID] {
-		r.pushers[c.ID] = true
-		r.wg.Add(1)
-		go func() {
-			defer r.wg.Done()
-			r.n.pushLoop(ctx, c.ID, func() { r.peerPaused(c.ID) })
-			r.mu.Lock()
-			delete(r.pushers, c.ID)
-			r.mu.Unlock()
-		}()
-	}
-	if r.n.endpoint != "" || c.Status == StatusDeleted {
-		return
-	}
 	// One long-poll per endpoint (and peer key) carries up to
 	// MaxPollConnections connections; more take a second, and so on.
 	key := c.RemoteURL + " " + KeyID(c.RemoteKey) + " " + c.LocalKeyID
@@ -253,7 +305,7 @@ func (r *runner) ensure(ctx context.Context, c *Connection) {
 }
 
 // retire removes a puller that carries no connection any more, and
-// reports whether it did: ensure may have given it one meanwhile.
+// reports whether it did: ensurePuller may have given it one meanwhile.
 func (r *runner) retire(key string, p *puller) bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -290,7 +342,7 @@ func (r *runner) peerPaused(id string) {
 func (r *runner) tracked() int {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	count := len(r.pushers)
+	count := len(r.work) + len(r.skip)
 	for _, group := range r.pullers {
 		for _, p := range group {
 			p.mu.Lock()
@@ -443,16 +495,15 @@ func (n *Node) sleep(ctx context.Context, d time.Duration, wake <-chan struct{})
 // process holds a lease it waits for.
 const idleRecheck = time.Second
 
-// idle waits for a signal, ctx's end, or, on a shared Store, the next
-// re-read; it reports whether ctx is still alive.
-func (n *Node) idle(ctx context.Context, wake <-chan struct{}) bool {
-	select {
-	case <-ctx.Done():
-		return false
-	case <-wake:
-	case <-n.recheck():
+// pollRecheck returns a channel that fires when a held poll should re-read
+// its connections without a signal: when the Store is shared and no Run
+// sweeps it (a running Run's sweep wakes the polls of connections with
+// messages waiting), every second; never otherwise.
+func (n *Node) pollRecheck() <-chan time.Time {
+	if n.sched.Load() != nil {
+		return nil
 	}
-	return ctx.Err() == nil
+	return n.recheck()
 }
 
 // recheck returns a channel that fires when a waiter should re-read the

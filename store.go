@@ -161,8 +161,9 @@ type AtomicInbox interface {
 
 // OutboxWatcher is implemented by Stores that several processes share. A
 // Node that runs on such a Store watches it, so that a message one process
-// stores wakes a long-poll another process holds, and also re-reads its
-// connections at least once a second in case a notification is lost.
+// stores wakes a long-poll another process holds, and also sweeps the
+// Store every Config.SweepInterval (OutboxScanner) in case a notification
+// is lost.
 //
 // A Store that implements OutboxWatcher must also implement NonceStore.
 type OutboxWatcher interface {
@@ -170,6 +171,31 @@ type OutboxWatcher interface {
 	// any outbox, by any process, until ctx ends; it then returns ctx's
 	// error. Notifications are hints: some may be lost or repeated.
 	WatchOutbox(ctx context.Context, fn func(connectionID string)) error
+}
+
+// OutboxScanner is implemented by Stores that can tell which connections
+// have messages waiting in their outbox. Run asks when it starts, and, on
+// a Store other processes share, every Config.SweepInterval: one query,
+// however many connections the Store holds. Without it Run reads every
+// connection instead. memstore and sqlstore implement it; storetest.Run
+// covers it.
+type OutboxScanner interface {
+	// PendingOutboxes returns the IDs of the connections, deleted ones
+	// too, whose outbox holds unacknowledged messages (data or control),
+	// in ascending ID order, starting after the ID after, at most limit of
+	// them (0 means 100, capped at 1000). A connection with fewer IDs
+	// than limit returned is the last page.
+	PendingOutboxes(ctx context.Context, after string, limit int) ([]string, error)
+}
+
+// LocalStore is implemented by Stores that know whether only one process
+// uses them. A Store that is an OutboxWatcher but reports Local true is
+// treated as a single-process Store: every change comes through this
+// process, so a Node skips what replicas need (the periodic sweep for
+// lost notifications, re-reading the instance's keys every second).
+type LocalStore interface {
+	// Local reports whether only this process uses the Store.
+	Local() bool
 }
 
 // FeedStore is implemented by Stores that list the events of all

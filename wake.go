@@ -45,8 +45,17 @@ func (n *Node) subscribe(ids ...string) (*waiter, func()) {
 	}
 }
 
-// signal wakes whatever waits on a connection's outbox or status.
+// signal wakes whatever waits on a connection's outbox or status: the
+// polls held for it, and Run's delivery to a public peer.
 func (n *Node) signal(id string) {
+	n.wakeWaiters(id)
+	if r := n.sched.Load(); r != nil {
+		r.mark(id, true)
+	}
+}
+
+// wakeWaiters wakes the polls held for a connection.
+func (n *Node) wakeWaiters(id string) {
 	n.wakeMu.Lock()
 	defer n.wakeMu.Unlock()
 	for w := range n.wake[id] {

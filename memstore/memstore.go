@@ -89,10 +89,11 @@ func notConnected(op string) error {
 }
 
 var (
-	_ tether.Store      = (*Store)(nil)
-	_ tether.NonceStore = (*Store)(nil)
-	_ tether.OAuthStore = (*Store)(nil)
-	_ tether.FeedStore  = (*Store)(nil)
+	_ tether.Store         = (*Store)(nil)
+	_ tether.NonceStore    = (*Store)(nil)
+	_ tether.OAuthStore    = (*Store)(nil)
+	_ tether.FeedStore     = (*Store)(nil)
+	_ tether.OutboxScanner = (*Store)(nil)
 )
 
 // Option configures a Store.
@@ -465,6 +466,26 @@ func (s *Store) ListOutbox(ctx context.Context, connectionID string, after int64
 		out[i] = m
 	}
 	return out, nil
+}
+
+// PendingOutboxes implements tether.OutboxScanner.
+func (s *Store) PendingOutboxes(ctx context.Context, after string, limit int) ([]string, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	s.mu.RLock()
+	var ids []string
+	for id, ob := range s.outbox {
+		if id > after && len(ob.msgs) > 0 {
+			ids = append(ids, id)
+		}
+	}
+	s.mu.RUnlock()
+	slices.Sort(ids)
+	if n := tether.OutboxLimit(limit); len(ids) > n {
+		ids = ids[:n]
+	}
+	return ids, nil
 }
 
 // AckOutbox implements tether.Store.

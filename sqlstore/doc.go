@@ -67,7 +67,10 @@
 // tether.Config.Replica name); deliveries to one connection are serialized
 // by a row lock on its inbox cursor. A long-poll held by one replica wakes
 // when another stores a message through LISTEN/NOTIFY when Config.Listen is
-// set, and within a second without it. One org per team holds across
+// set, and otherwise (or when a notification is lost) at the next sweep,
+// within tether.Config.SweepInterval. A SQLite Store is taken to be used by
+// one process (tether.LocalStore) unless Config.SharedSQLite is set: its
+// Nodes then skip the sweeps and key re-reads replicas need. One org per team holds across
 // replicas too: a partial unique index on the ExternalID of org connections
 // that are not deleted lets one of concurrent writers win (CodeOrgTaken
 // for the others). With pgx, Listen is:

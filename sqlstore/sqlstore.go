@@ -23,7 +23,8 @@ type Config struct {
 	// outbox append, so that a long-poll held by one replica wakes when
 	// another stores a message. This package imports no driver, so the
 	// host supplies it; see the package documentation for pgx. Without it,
-	// replicas notice each other's messages within a second by polling.
+	// replicas notice each other's messages at their next sweep, within
+	// tether.Config.SweepInterval.
 	Listen func(ctx context.Context, channel string, fn func(payload string)) error
 	// Clock reads the time the Store keeps of its own (when a migration
 	// was applied; which consumed invitations are old enough to forget);
@@ -37,6 +38,13 @@ type Config struct {
 	// tether_migrations, and fails with CodeInvalid, naming the files
 	// missing, when one is not.
 	SkipMigrations bool
+	// SharedSQLite says that several processes open the same SQLite file
+	// at once. Without it a SQLite Store is taken to be used by one
+	// process (tether.LocalStore), and its Nodes skip what replicas need:
+	// the periodic sweep for messages other processes stored, re-reading
+	// the instance's keys every second. Ignored on PostgreSQL, which is
+	// always treated as shared.
+	SharedSQLite bool
 }
 
 // notifyChannel is the PostgreSQL channel outbox appends notify on.
@@ -45,14 +53,15 @@ const notifyChannel = "tether_outbox"
 // Store is a tether.Store on database/sql. It is safe for concurrent use,
 // and several processes may share one database.
 type Store struct {
-	db      *sql.DB
-	dialect Dialect
-	sealer  *tether.Sealer
-	listen  func(ctx context.Context, channel string, fn func(payload string)) error
-	q       queries
-	clock   tether.Clock
-	nonces  atomic.Int64 // calls to RememberNonce, to purge now and then
-	states  atomic.Int64 // calls to TakeOAuthState, to purge now and then
+	db           *sql.DB
+	dialect      Dialect
+	sealer       *tether.Sealer
+	listen       func(ctx context.Context, channel string, fn func(payload string)) error
+	q            queries
+	clock        tether.Clock
+	sharedSQLite bool
+	nonces       atomic.Int64 // calls to RememberNonce, to purge now and then
+	states       atomic.Int64 // calls to TakeOAuthState, to purge now and then
 }
 
 var (
@@ -62,6 +71,8 @@ var (
 	_ tether.NonceStore    = (*Store)(nil)
 	_ tether.OAuthStore    = (*Store)(nil)
 	_ tether.FeedStore     = (*Store)(nil)
+	_ tether.OutboxScanner = (*Store)(nil)
+	_ tether.LocalStore    = (*Store)(nil)
 )
 
 // New returns a Store on db, after applying the schema migrations it lacks.
@@ -77,7 +88,7 @@ func New(ctx context.Context, db *sql.DB, dialect Dialect, cfg Config) (*Store, 
 	if cfg.Sealer == nil {
 		return nil, &tether.Error{Code: tether.CodeInvalid, Op: op, Message: "Config.Sealer is required: secrets are never stored in plaintext"}
 	}
-	s := &Store{db: db, dialect: dialect, sealer: cfg.Sealer, listen: cfg.Listen, q: newQueries(dialect), clock: cfg.Clock}
+	s := &Store{db: db, dialect: dialect, sealer: cfg.Sealer, listen: cfg.Listen, q: newQueries(dialect), clock: cfg.Clock, sharedSQLite: cfg.SharedSQLite}
 	if s.clock == nil {
 		s.clock = tether.SystemClock()
 	}
@@ -101,6 +112,7 @@ type queries struct {
 	useInvitation, purgeInvitations, listEvents, connExists                                      string
 	appendOutbox, outboxClosed, closeOutbox, dropData                                            string
 	listOutbox, ackOutbox, inboxCursor, inboxForUpdate, advanceInbox                             string
+	pendingOutboxes                                                                              string
 	lease, release, nonce, purgeNonces                                                           string
 	putOAuthState, takeOAuthState, purgeOAuthStates                                              string
 	loadOAuthToken, createOAuthToken, updateOAuthToken, deleteOAuthToken                         string
@@ -128,6 +140,7 @@ func newQueries(d Dialect) queries {
 		closeOutbox:      r(`UPDATE tether_outbox_seq SET closed = ? WHERE connection_id = ?`),
 		dropData:         r(`DELETE FROM tether_outbox WHERE connection_id = ? AND control = ?`),
 		listOutbox:       r(`SELECT seq, payload, created_ns, control FROM tether_outbox WHERE connection_id = ? AND seq > ? ORDER BY seq LIMIT ?`),
+		pendingOutboxes:  r(`SELECT DISTINCT connection_id FROM tether_outbox WHERE connection_id > ? ORDER BY connection_id LIMIT ?`),
 		ackOutbox:        r(`DELETE FROM tether_outbox WHERE connection_id = ? AND seq <= ?`),
 		inboxCursor:      r(`SELECT position FROM tether_inbox WHERE connection_id = ?`),
 		inboxForUpdate:   r(`SELECT position FROM tether_inbox WHERE connection_id = ?` + d.forUpdate()),
@@ -705,6 +718,37 @@ func (s *Store) ListOutbox(ctx context.Context, connectionID string, after int64
 	}
 	return out, nil
 }
+
+// PendingOutboxes implements tether.OutboxScanner: one query on the
+// outbox's primary key, whose rows are only the unacknowledged messages.
+func (s *Store) PendingOutboxes(ctx context.Context, after string, limit int) ([]string, error) {
+	const op = "sqlstore: pending outboxes"
+	var ids []string
+	err := s.read(ctx, op, func(q querier) error {
+		rows, err := q.QueryContext(ctx, s.q.pendingOutboxes, after, tether.OutboxLimit(limit))
+		if err != nil {
+			return err
+		}
+		defer rows.Close()
+		for rows.Next() {
+			var id string
+			if err := rows.Scan(&id); err != nil {
+				return err
+			}
+			ids = append(ids, id)
+		}
+		return rows.Err()
+	})
+	if err != nil {
+		return nil, err
+	}
+	return ids, nil
+}
+
+// Local implements tether.LocalStore: a SQLite Store is taken to be used
+// by one process, unless Config.SharedSQLite says several open the file.
+// A PostgreSQL Store may always be shared by replicas.
+func (s *Store) Local() bool { return s.dialect == SQLite && !s.sharedSQLite }
 
 // AckOutbox implements tether.Store.
 func (s *Store) AckOutbox(ctx context.Context, connectionID string, upTo int64) error {

@@ -152,8 +152,9 @@ func (r *runner) settle(w *pushWork, res stepResult) bool {
 		}
 	case res.more || w.again || res.retry > 0:
 		r.enqueue(w)
-	case !r.n.clock.Now().Before(w.leaseUntil):
-		// Idle, and holding no lease worth keeping: nothing is kept.
+	case !r.n.clock.Now().Before(w.leaseUntil) && w.tally.queued == 0:
+		// Idle, holding no lease worth keeping, and nothing held back
+		// that Config.Metrics counts as queued: nothing is kept.
 		delete(r.work, w.id)
 		return true
 	}
@@ -176,15 +177,15 @@ func (r *runner) due(now time.Time) time.Time {
 	return time.Time{}
 }
 
-// prune drops the idle connections whose lease ran out, which have
-// nothing left worth keeping, and the connections known to have a
-// private peer, which a signal finds again.
+// prune drops the idle connections whose lease ran out and that hold no
+// message back (paused), which have nothing left worth keeping, and the
+// connections known to have a private peer, which a signal finds again.
 func (r *runner) prune(now time.Time) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	clear(r.skip)
 	for id, w := range r.work {
-		if !w.running && !w.queued && w.index < 0 && !now.Before(w.leaseUntil) {
+		if !w.running && !w.queued && w.index < 0 && !now.Before(w.leaseUntil) && w.tally.queued == 0 {
 			delete(r.work, id)
 		}
 	}

@@ -254,7 +254,7 @@ func (r *runner) stop(ctx context.Context) {
 	for _, w := range work {
 		r.n.metrics.pushDone(ctx, &w.tally)
 		if now.Before(w.leaseUntil) && ctx.Err() == nil {
-			_ = r.n.store.Release(ctx, "outbox/"+w.id, r.n.holder) // best effort: it runs out by itself
+			_ = r.n.store.Release(ctx, outboxLease(w.id), r.n.holder) // best effort: it runs out by itself
 		}
 	}
 }
@@ -264,8 +264,12 @@ func (r *runner) stop(ctx context.Context) {
 func (n *Node) releaseLease(ctx context.Context, id string) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
 	defer cancel()
-	_ = n.store.Release(ctx, "outbox/"+id, n.holder)
+	_ = n.store.Release(ctx, outboxLease(id), n.holder)
 }
+
+// outboxLease names the lease that lets one process at a time deliver a
+// connection's outbox.
+func outboxLease(id string) string { return "outbox/" + id }
 
 // retryHeap orders pending retries by when they come due.
 type retryHeap []*pushWork
@@ -320,7 +324,7 @@ func (n *Node) pushStep(ctx context.Context, w *pushWork, peerPaused func(id str
 	// Take the lease, or renew it once half of it has passed. A node marks
 	// a connection when it has work, so an idle connection's lease is
 	// neither taken nor renewed.
-	lease := "outbox/" + id
+	lease := outboxLease(id)
 	if now := n.clock.Now(); now.After(w.leaseUntil.Add(-n.leaseTTL / 2)) {
 		start := n.metrics.start()
 		held, err := n.store.Lease(ctx, lease, n.holder, now, now.Add(n.leaseTTL))

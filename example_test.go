@@ -298,3 +298,41 @@ func ExampleNode_RotateKey() {
 	// new key: true
 	// key_changed by remote
 }
+
+// SendBatch stores many messages in one step, numbered in order; the peer
+// receives them one by one, as if each had been sent alone.
+func ExampleNode_SendBatch() {
+	ctx := context.Background()
+	network := tethertest.NewNetwork()
+	alpha, _ := tether.Open(ctx, tether.Config{Store: memstore.New(), Endpoint: "https://alpha.example.com/t", Transport: network.Transport("alpha")})
+	defer network.Listen(alpha.Endpoint(), alpha)()
+	got := make(chan string, 3)
+	beta, _ := tether.Open(ctx, tether.Config{Store: memstore.New(), Transport: network.Transport("beta"),
+		Receiver: tether.ReceiverFunc(func(_ context.Context, m tether.Message) error {
+			got <- fmt.Sprintf("%d %s", m.Seq, m.Payload)
+			return nil
+		})})
+	conn, code, _ := alpha.Initiate(ctx, tether.InitiateRequest{Mode: tether.ModeBasic, LocalName: "A", RemoteName: "B", Name: "A to B"})
+	if _, err := beta.Accept(ctx, code, tether.AcceptOptions{}); err != nil {
+		log.Fatal(err)
+	}
+
+	seqs, err := alpha.SendBatch(ctx, conn.ID, [][]byte{[]byte("invoice 17"), []byte("invoice 18"), []byte("invoice 19")})
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println("stored as", seqs)
+
+	runCtx, stop := context.WithCancel(ctx)
+	defer stop()
+	go alpha.Run(runCtx)
+	go beta.Run(runCtx)
+	for range seqs {
+		fmt.Println("received", <-got)
+	}
+	// Output:
+	// stored as [1 2 3]
+	// received 1 invoice 17
+	// received 2 invoice 18
+	// received 3 invoice 19
+}

@@ -145,6 +145,7 @@ const (
 	StoreCreateConnection  = "CreateConnection"
 	StoreConsumeInvitation = "ConsumeInvitation"
 	StoreAppendOutbox      = "AppendOutbox"
+	StoreAppendOutboxBatch = "AppendOutboxBatch"
 	StoreListOutbox        = "ListOutbox"
 	// StoreAckOutbox measures the acknowledgement of an outbox: AckOutbox,
 	// and, the one time a key change takes effect, the update it brings.
@@ -194,11 +195,11 @@ func (m *metrics) storeCall(ctx context.Context, op string, start time.Time, err
 	m.m.StoreCall(ctx, op, m.clock.Now().Sub(start), err)
 }
 
-func (m *metrics) sent(ctx context.Context, dir Direction) {
+func (m *metrics) sent(ctx context.Context, dir Direction, count int) {
 	if m == nil {
 		return
 	}
-	m.m.MessagesSent(ctx, dir, 1)
+	m.m.MessagesSent(ctx, dir, count)
 }
 
 func (m *metrics) pollsHeld(ctx context.Context, delta int) {

@@ -133,6 +133,18 @@ type Store interface {
 	Release(ctx context.Context, name, holder string) error
 }
 
+// BatchAppender is implemented by Stores that can store many messages of
+// one connection in one transaction. Node.SendBatch uses it when the Store
+// has it. memstore and sqlstore implement it; storetest.Run covers it.
+type BatchAppender interface {
+	// AppendOutboxBatch stores payloads, in order, as messages for the
+	// peer of a connection, with consecutive sequence numbers, and returns
+	// the first: the last is first+len(payloads)-1. All are durable when
+	// it returns, or none is stored. Its errors are AppendOutbox's. It is
+	// not called with an empty payloads.
+	AppendOutboxBatch(ctx context.Context, connectionID string, payloads [][]byte, created time.Time) (first int64, err error)
+}
+
 // AtomicInbox is implemented by Stores that can run the Receiver and the
 // inbox cursor's advance in one transaction. A Node uses it when the Store
 // has it: the Receiver runs with a context from which the Store's

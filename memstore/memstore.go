@@ -428,10 +428,20 @@ func (s *Store) append(id string, events []tether.Event) {
 
 // AppendOutbox implements tether.Store.
 func (s *Store) AppendOutbox(ctx context.Context, connectionID string, payload []byte, created time.Time) (int64, error) {
+	return s.appendOutbox(ctx, "memstore: append outbox", connectionID, [][]byte{payload}, created)
+}
+
+// AppendOutboxBatch implements tether.BatchAppender.
+func (s *Store) AppendOutboxBatch(ctx context.Context, connectionID string, payloads [][]byte, created time.Time) (int64, error) {
+	return s.appendOutbox(ctx, "memstore: append outbox batch", connectionID, payloads, created)
+}
+
+// appendOutbox stores payloads on connectionID's outbox and returns the first
+// one's number.
+func (s *Store) appendOutbox(ctx context.Context, op, connectionID string, payloads [][]byte, created time.Time) (int64, error) {
 	if err := ctx.Err(); err != nil {
 		return 0, err
 	}
-	const op = "memstore: append outbox"
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if _, ok := s.conns[connectionID]; !ok {
@@ -441,7 +451,11 @@ func (s *Store) AppendOutbox(ctx context.Context, connectionID string, payload [
 	if ob.closed {
 		return 0, notConnected(op)
 	}
-	return ob.add(connectionID, payload, created, false), nil
+	first := ob.last + 1
+	for _, p := range payloads {
+		ob.add(connectionID, p, created, false)
+	}
+	return first, nil
 }
 
 // ListOutbox implements tether.Store.

@@ -62,6 +62,7 @@ type Store struct {
 	sharedSQLite bool
 	nonces       atomic.Int64 // calls to RememberNonce, to purge now and then
 	states       atomic.Int64 // calls to TakeOAuthState, to purge now and then
+	appends      appends      // concurrent appends' shared transactions
 }
 
 var (
@@ -73,6 +74,7 @@ var (
 	_ tether.FeedStore     = (*Store)(nil)
 	_ tether.OutboxScanner = (*Store)(nil)
 	_ tether.LocalStore    = (*Store)(nil)
+	_ tether.BatchAppender = (*Store)(nil)
 )
 
 // New returns a Store on db, after applying the schema migrations it lacks.
@@ -648,6 +650,9 @@ func (s *Store) ListEvents(ctx context.Context, connectionID string, after int64
 // AppendOutbox implements tether.Store.
 func (s *Store) AppendOutbox(ctx context.Context, connectionID string, payload []byte, created time.Time) (int64, error) {
 	const op = "sqlstore: append outbox"
+	if s.joined(ctx) == nil {
+		return s.appendGroup(ctx, op, connectionID, [][]byte{payload}, created)
+	}
 	var seq int64
 	err := s.write(ctx, op, func(q querier) error {
 		var err error
@@ -658,6 +663,26 @@ func (s *Store) AppendOutbox(ctx context.Context, connectionID string, payload [
 		return 0, err
 	}
 	return seq, nil
+}
+
+// AppendOutboxBatch implements tether.BatchAppender, in one transaction
+// that concurrent appends may share.
+func (s *Store) AppendOutboxBatch(ctx context.Context, connectionID string, payloads [][]byte, created time.Time) (int64, error) {
+	const op = "sqlstore: append outbox batch"
+	if len(payloads) == 0 {
+		return 0, &tether.Error{Code: tether.CodeInvalid, Op: op, Message: "no payloads"}
+	}
+	if s.joined(ctx) == nil {
+		return s.appendGroup(ctx, op, connectionID, payloads, created)
+	}
+	r := &appendReq{op: op, id: connectionID, payloads: payloads, created: created}
+	var first int64
+	err := s.inTx(ctx, op, func(q querier) error {
+		var err error
+		first, err = s.appendAll(ctx, q, r)
+		return err
+	})
+	return first, err
 }
 
 // appendMessage appends a message to an open outbox and returns its

@@ -55,6 +55,7 @@ func Run(t *testing.T, newStore NewStore) {
 		{"FeedConcurrent", testFeedConcurrent},
 		{"Outbox", testOutbox},
 		{"OutboxConcurrentAppend", testOutboxConcurrentAppend},
+		{"OutboxBatch", testOutboxBatch},
 		{"PendingOutboxes", testPendingOutboxes},
 		{"UpdateAndNotify", testUpdateAndNotify},
 		{"UpdateAndNotifyRejects", testUpdateAndNotifyRejects},

@@ -638,6 +638,13 @@ func TestReentryEveryNodeMethod(t *testing.T) {
 	if c, err := w.alpha.Accept(ctx, repairCode1, tether.AcceptOptions{}); err != nil || c.ID != c9 {
 		t.Errorf("Accept of the re-pairing code refused in the Receiver, after it: %+v, %v", c, err)
 	}
+	// OnEvent hears of the commit's events after the commit, maybe after
+	// the reply went out.
+	deadline := time.Now().Add(5 * time.Second)
+	for len(w.eventsOf(c3, tether.EventDeleted)) == 0 && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	time.Sleep(20 * time.Millisecond) // a second one would be an error
 	if got := w.eventsOf(c3, tether.EventDeleted); len(got) != 1 {
 		t.Errorf("OnEvent got %d deletions of the connection the Receiver deleted, want 1", len(got))
 	}

@@ -523,13 +523,15 @@ func TestRekeyAcknowledgedInTheSamePush(t *testing.T) {
 	}
 	got.waitFor(t, bc.ID, 1)
 	// Only a's pusher reads a's outbox (a is private), each time right
-	// after it read the connection: the rotation runs inside its next
-	// iteration (at once, or at its re-read of the store within a second).
-	// Nothing is sent after it.
+	// after it read the connection: the rotation runs inside the push of
+	// the next message, which is sent before it. Nothing is sent after it.
 	rotated := make(chan error, 1)
 	ws.mu.Lock()
 	ws.beforeList = func() { rotated <- a.RotateKey(ctx, 0) }
 	ws.mu.Unlock()
+	if _, err := a.Send(ctx, ac.ID, []byte("carries the notice")); err != nil {
+		t.Fatal(err)
+	}
 	select {
 	case err := <-rotated:
 		if err != nil {

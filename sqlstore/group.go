@@ -1,0 +1,206 @@
+package sqlstore
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/tetherkit/tether"
+)
+
+// maxGroup is how many messages one shared transaction stores at most;
+// appends beyond it wait for the next one.
+const maxGroup = 1000
+
+// appends makes concurrent appends share transactions (group commit).
+// The caller that finds no transaction running leads: it runs one for the
+// appends queued, its own among them. Appends that arrive meanwhile queue,
+// and when the transaction ends the first of them leads the next one with
+// all of them. So N writers arriving together cost about two commits, not
+// N, and a writer alone costs what it did: one statement.
+type appends struct {
+	mu      sync.Mutex
+	queue   []*appendReq
+	running bool
+}
+
+// appendReq is one AppendOutbox or AppendOutboxBatch waiting for its
+// transaction.
+type appendReq struct {
+	ctx      context.Context
+	op, id   string
+	payloads [][]byte
+	created  time.Time
+
+	first int64
+	err   error
+	done  chan struct{} // closed when first and err are set
+	lead  chan struct{} // closed when the request is to run batch
+	batch []*appendReq  // what it leads, itself first
+}
+
+// appendGroup stores payloads on connection id in a transaction shared
+// with the appends other goroutines make at the same time, and returns the
+// first one's number. It does not return before its transaction ends,
+// though ctx ends: the transaction is abandoned only when the contexts of
+// all the appends it holds have ended.
+func (s *Store) appendGroup(ctx context.Context, op, id string, payloads [][]byte, created time.Time) (int64, error) {
+	if err := ctx.Err(); err != nil {
+		return 0, translate(op, err)
+	}
+	r := &appendReq{ctx: ctx, op: op, id: id, payloads: payloads, created: created, done: make(chan struct{}), lead: make(chan struct{})}
+	g := &s.appends
+	g.mu.Lock()
+	if !g.running {
+		g.running = true
+		g.mu.Unlock()
+		r.batch = []*appendReq{r}
+		s.lead(r)
+		return r.first, r.err
+	}
+	g.queue = append(g.queue, r)
+	g.mu.Unlock()
+	select {
+	case <-r.done:
+	case <-r.lead:
+		s.lead(r)
+	case <-ctx.Done():
+		g.mu.Lock()
+		for i, q := range g.queue {
+			if q == r { // not taken yet: nothing of it was written
+				g.queue = append(g.queue[:i], g.queue[i+1:]...)
+				g.mu.Unlock()
+				return 0, translate(op, ctx.Err())
+			}
+		}
+		g.mu.Unlock()
+		select {
+		case <-r.done:
+		case <-r.lead:
+			s.lead(r)
+		}
+	}
+	return r.first, r.err
+}
+
+// lead runs r's batch, then hands the appends queued meanwhile to the
+// first of them, or ends the group's run when there are none.
+func (s *Store) lead(r *appendReq) {
+	s.commitGroup(r.batch)
+	g := &s.appends
+	g.mu.Lock()
+	if len(g.queue) == 0 {
+		g.running = false
+		g.mu.Unlock()
+		return
+	}
+	n, msgs := 0, 0
+	for n < len(g.queue) && (n == 0 || msgs+len(g.queue[n].payloads) <= maxGroup) {
+		msgs += len(g.queue[n].payloads)
+		n++
+	}
+	next := g.queue[0]
+	next.batch = append([]*appendReq(nil), g.queue[:n]...)
+	g.queue = append(g.queue[:0], g.queue[n:]...)
+	g.mu.Unlock()
+	close(next.lead)
+}
+
+// commitGroup stores batch's appends in one transaction and gives each its
+// result. An append refused for its connection (missing, deleted) gets its
+// error and the others go on; any other failure undoes the transaction, and
+// then each append is made on its own, so that one cannot fail the others.
+func (s *Store) commitGroup(batch []*appendReq) {
+	defer func() {
+		for _, r := range batch {
+			close(r.done)
+		}
+	}()
+	ctx, cancel := context.WithCancel(context.WithoutCancel(batch[0].ctx))
+	defer cancel()
+	left := atomic.Int64{}
+	left.Store(int64(len(batch)))
+	for _, r := range batch {
+		stop := context.AfterFunc(r.ctx, func() {
+			if left.Add(-1) == 0 {
+				cancel()
+			}
+		})
+		defer stop()
+	}
+	if len(batch) == 1 {
+		r := batch[0]
+		r.first, r.err = s.appendAlone(ctx, r)
+		return
+	}
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err == nil {
+		for _, r := range batch {
+			r.first, r.err = s.appendAll(ctx, tx, r)
+			var te *tether.Error
+			if r.err != nil && !errors.As(r.err, &te) {
+				err = r.err
+				break
+			}
+		}
+		if err != nil {
+			_ = tx.Rollback()
+		} else {
+			err = tx.Commit()
+			if err != nil {
+				// It may have committed: retrying could store twice.
+				for _, r := range batch {
+					r.first, r.err = 0, translate(r.op, err)
+				}
+				return
+			}
+		}
+	}
+	if err != nil {
+		for _, r := range batch {
+			r.first, r.err = s.appendAlone(ctx, r)
+		}
+		return
+	}
+	for _, r := range batch {
+		if r.err != nil {
+			r.first, r.err = 0, translate(r.op, r.err)
+		}
+	}
+}
+
+// appendAlone makes r in a statement, or a transaction, of its own.
+func (s *Store) appendAlone(ctx context.Context, r *appendReq) (int64, error) {
+	if len(r.payloads) == 1 {
+		seq, err := s.appendMessage(ctx, s.db, r.op, r.id, r.payloads[0], r.created, false)
+		return seq, translate(r.op, err)
+	}
+	var first int64
+	err := s.inTx(ctx, r.op, func(q querier) error {
+		var err error
+		first, err = s.appendAll(ctx, q, r)
+		return err
+	})
+	return first, err
+}
+
+// appendAll appends r's payloads with q, which is a transaction when there
+// is more than one, and returns the first number. When the connection
+// refuses (missing, deleted) the first append fails and nothing is
+// written: a later one cannot, since the first locked the counter row
+// (PostgreSQL) or the database (SQLite).
+func (s *Store) appendAll(ctx context.Context, q querier, r *appendReq) (int64, error) {
+	var first int64
+	for i, p := range r.payloads {
+		seq, err := s.appendMessage(ctx, q, r.op, r.id, p, r.created, false)
+		if err != nil {
+			return 0, err
+		}
+		if i == 0 {
+			first = seq
+		}
+	}
+	return first, nil
+}

@@ -144,6 +144,15 @@
 // through this process. A held long-poll is woken by the same signals and
 // sweeps, and re-reads only the connections they name.
 //
+// Throughput on a database comes from sharing commits. Node.SendBatch
+// stores many messages of a connection in one transaction (BatchAppender);
+// on sqlstore, Sends made at the same time by different goroutines share
+// transactions too (group commit), so a host that sends from many request
+// handlers at once pays about one commit per group, not one per message.
+// A push or a poll's answer carries up to Config.BatchSize messages, which
+// the receiver hands to its Receiver in one transaction per connection
+// (AtomicInbox), and the sender drops from its outbox in one statement.
+//
 // # Lifecycle
 //
 // Every status change goes through one transition table, Next; a move it

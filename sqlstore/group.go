@@ -2,6 +2,7 @@ package sqlstore
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"sync"
 	"sync/atomic"
@@ -138,7 +139,7 @@ func (s *Store) commitGroup(batch []*appendReq) {
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err == nil {
 		for _, r := range batch {
-			r.first, r.err = s.appendAll(ctx, tx, r)
+			r.first, r.err = s.appendAll(ctx, s.on(tx), r)
 			var te *tether.Error
 			if r.err != nil && !errors.As(r.err, &te) {
 				err = r.err
@@ -174,7 +175,7 @@ func (s *Store) commitGroup(batch []*appendReq) {
 // appendAlone makes r in a statement, or a transaction, of its own.
 func (s *Store) appendAlone(ctx context.Context, r *appendReq) (int64, error) {
 	if len(r.payloads) == 1 {
-		seq, err := s.appendMessage(ctx, s.db, r.op, r.id, r.payloads[0], r.created, false)
+		seq, err := s.appendMessage(ctx, s.on(s.db), r.op, r.id, r.payloads[0], r.created, false)
 		return seq, translate(r.op, err)
 	}
 	var first int64
@@ -188,18 +189,44 @@ func (s *Store) appendAlone(ctx context.Context, r *appendReq) (int64, error) {
 
 // appendAll appends r's payloads with q, which is a transaction when there
 // is more than one, and returns the first number. When the connection
-// refuses (missing, deleted) the first append fails and nothing is
-// written: a later one cannot, since the first locked the counter row
-// (PostgreSQL) or the database (SQLite).
+// refuses (missing, deleted) nothing is written. More than one message
+// take their numbers in one statement and are inserted insertChunk at a
+// time.
 func (s *Store) appendAll(ctx context.Context, q querier, r *appendReq) (int64, error) {
-	var first int64
-	for i, p := range r.payloads {
-		seq, err := s.appendMessage(ctx, q, r.op, r.id, p, r.created, false)
-		if err != nil {
+	if len(r.payloads) == 1 {
+		return s.appendMessage(ctx, q, r.op, r.id, r.payloads[0], r.created, false)
+	}
+	n := int64(len(r.payloads))
+	var last int64
+	err := q.QueryRowContext(ctx, s.q.reserveSeqs, n, r.id).Scan(&last)
+	if errors.Is(err, sql.ErrNoRows) {
+		return 0, s.refused(ctx, q, r.op, r.id)
+	}
+	if err != nil {
+		return 0, err
+	}
+	first := last - n + 1
+	created := nanos(r.created)
+	for start := 0; start < len(r.payloads); start += insertChunk {
+		chunk := r.payloads[start:min(start+insertChunk, len(r.payloads))]
+		args := make([]any, 0, 4*len(chunk))
+		for i, p := range chunk {
+			if p == nil {
+				p = []byte{}
+			}
+			args = append(args, r.id, first+int64(start+i), p, created)
+		}
+		query := s.q.insertChunk
+		if len(chunk) != insertChunk {
+			query = insertRows(s.dialect, len(chunk))
+		}
+		if _, err := q.ExecContext(ctx, query, args...); err != nil {
 			return 0, err
 		}
-		if i == 0 {
-			first = seq
+	}
+	if s.dialect == PostgreSQL {
+		if _, err := q.ExecContext(ctx, s.q.notifyOutbox, r.id); err != nil {
+			return 0, err
 		}
 	}
 	return first, nil

@@ -63,6 +63,7 @@ type Store struct {
 	nonces       atomic.Int64 // calls to RememberNonce, to purge now and then
 	states       atomic.Int64 // calls to TakeOAuthState, to purge now and then
 	appends      appends      // concurrent appends' shared transactions
+	stmts        stmts        // prepared statements, on SQLite
 }
 
 var (
@@ -101,6 +102,15 @@ func New(ctx context.Context, db *sql.DB, dialect Dialect, cfg Config) (*Store, 
 	if err := migrate(ctx); err != nil {
 		return nil, err
 	}
+	if dialect == SQLite {
+		// Statements that run in transactions, where they cannot be
+		// prepared on first use.
+		for _, q := range []string{s.q.appendOutbox, s.q.reserveSeqs, s.q.insertChunk, s.q.inboxForUpdate, s.q.advanceInbox,
+			`SAVEPOINT tether_message`, `RELEASE SAVEPOINT tether_message`,
+			`SAVEPOINT ` + callSavepoint, `RELEASE SAVEPOINT ` + callSavepoint} {
+			s.prepare(ctx, q)
+		}
+	}
 	return s, nil
 }
 
@@ -113,6 +123,7 @@ type queries struct {
 	createConn, createOutboxSeq, createInbox, getConn, getConnForUpdate, updateConn, insertEvent string
 	useInvitation, purgeInvitations, listEvents, connExists                                      string
 	appendOutbox, outboxClosed, closeOutbox, dropData                                            string
+	reserveSeqs, insertChunk, notifyOutbox                                                       string
 	listOutbox, ackOutbox, inboxCursor, inboxForUpdate, advanceInbox                             string
 	pendingOutboxes                                                                              string
 	lease, release, nonce, purgeNonces                                                           string
@@ -195,14 +206,40 @@ func newQueries(d Dialect) queries {
 			INSERT INTO tether_outbox (connection_id, seq, payload, created_ns, control)
 			SELECT next.connection_id, next.last, ?, ?, ? FROM next, LATERAL (SELECT pg_notify('` + notifyChannel + `', next.connection_id)) AS n
 			RETURNING seq`)
+		// A batch takes its numbers in one step, holding the counter
+		// row's lock to the end of its transaction; it returns the last.
+		q.reserveSeqs = r(`UPDATE tether_outbox_seq SET last = last + ? WHERE connection_id = ? AND NOT closed RETURNING last`)
+		q.notifyOutbox = r(`SELECT pg_notify('` + notifyChannel + `', ?)`)
 	} else {
+		// A batch reads the last number in its transaction, which writes
+		// next: SQLite runs one writer at a time, and the trigger moves
+		// the counter on with each row.
+		q.reserveSeqs = r(`SELECT last + ? FROM tether_outbox_seq WHERE connection_id = ? AND NOT closed`)
 		// The trigger tether_outbox_next moves the counter; SQLite runs one
 		// writer at a time.
 		q.appendOutbox = r(`INSERT INTO tether_outbox (connection_id, seq, payload, created_ns, control)
 			SELECT connection_id, last + 1, ?, ?, ? FROM tether_outbox_seq WHERE connection_id = ? AND NOT closed
 			RETURNING seq`)
 	}
+	q.insertChunk = insertRows(d, insertChunk)
 	return q
+}
+
+// insertChunk is how many messages of a batch one INSERT stores.
+const insertChunk = 100
+
+// insertRows returns an INSERT of n outbox rows of data messages, each
+// given as connection ID, number, payload and creation time.
+func insertRows(d Dialect, n int) string {
+	var b strings.Builder
+	b.WriteString(`INSERT INTO tether_outbox (connection_id, seq, payload, created_ns, control) VALUES `)
+	for i := range n {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		b.WriteString("(?, ?, ?, ?, FALSE)")
+	}
+	return d.rebind(b.String())
 }
 
 func notFound(op string) error {
@@ -704,17 +741,22 @@ func (s *Store) appendMessage(ctx context.Context, q querier, op, id string, pay
 	if !errors.Is(err, sql.ErrNoRows) {
 		return seq, err
 	}
-	// Nothing appended: the counter row was missing or closed then. A
-	// closed row stays closed; one that is open now was created since.
+	return 0, s.refused(ctx, q, op, id)
+}
+
+// refused returns why nothing was appended to connection id's outbox: the
+// counter row was missing (CodeNotFound) or closed (CodeNotConnected)
+// then. A closed row stays closed; one that is open now was created since.
+func (s *Store) refused(ctx context.Context, q querier, op, id string) error {
 	var closed bool
-	err = q.QueryRowContext(ctx, s.q.outboxClosed, id).Scan(&closed)
+	err := q.QueryRowContext(ctx, s.q.outboxClosed, id).Scan(&closed)
 	switch {
 	case errors.Is(err, sql.ErrNoRows), err == nil && !closed:
-		return 0, notFound(op)
+		return notFound(op)
 	case err != nil:
-		return 0, err
+		return err
 	}
-	return 0, &tether.Error{Code: tether.CodeNotConnected, Op: op, Message: "the connection is deleted"}
+	return &tether.Error{Code: tether.CodeNotConnected, Op: op, Message: "the connection is deleted"}
 }
 
 // ListOutbox implements tether.Store.
@@ -839,9 +881,9 @@ func (s *Store) DeliverInbox(ctx context.Context, connectionID string, from int6
 	cursor := from
 	var failed error
 	err := s.inTx(ctx, op, func(q querier) error {
-		tx := q.(*sql.Tx)
+		tx := rawTx(q)
 		var pos int64
-		err := tx.QueryRowContext(ctx, s.q.inboxForUpdate, connectionID).Scan(&pos)
+		err := q.QueryRowContext(ctx, s.q.inboxForUpdate, connectionID).Scan(&pos)
 		if errors.Is(err, sql.ErrNoRows) {
 			return notFound(op)
 		}
@@ -856,17 +898,17 @@ func (s *Store) DeliverInbox(ctx context.Context, connectionID string, from int6
 			if m.Seq <= from || i > 0 && m.Seq <= msgs[i-1].Seq {
 				return &tether.Error{Code: tether.CodeInvalid, Op: op, Message: "messages must follow the cursor in ascending order"}
 			}
-			if _, err := tx.ExecContext(ctx, `SAVEPOINT tether_message`); err != nil {
+			if _, err := q.ExecContext(ctx, `SAVEPOINT tether_message`); err != nil {
 				return err
 			}
 			if err := fn(txCtx, m); err != nil {
 				failed = err
-				if _, err := tx.ExecContext(ctx, `ROLLBACK TO SAVEPOINT tether_message`); err != nil {
+				if _, err := q.ExecContext(ctx, `ROLLBACK TO SAVEPOINT tether_message`); err != nil {
 					return err
 				}
 				break
 			}
-			if _, err := tx.ExecContext(ctx, `RELEASE SAVEPOINT tether_message`); err != nil {
+			if _, err := q.ExecContext(ctx, `RELEASE SAVEPOINT tether_message`); err != nil {
 				return err
 			}
 			cursor = m.Seq
@@ -874,7 +916,7 @@ func (s *Store) DeliverInbox(ctx context.Context, connectionID string, from int6
 		if cursor == from {
 			return nil
 		}
-		res, err := tx.ExecContext(ctx, s.q.advanceInbox, cursor, connectionID, from)
+		res, err := q.ExecContext(ctx, s.q.advanceInbox, cursor, connectionID, from)
 		if err != nil {
 			return err
 		}

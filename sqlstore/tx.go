@@ -3,6 +3,7 @@ package sqlstore
 import (
 	"context"
 	"database/sql"
+	"sync"
 )
 
 // querier is what the Store's statements run on: the database, or a
@@ -64,27 +65,28 @@ func (d *delivery) unlock() { <-d.sem }
 // nests in DeliverInbox's tether_message.
 const callSavepoint = "tether_call"
 
-// savepoint runs fn in a savepoint of the delivery's transaction: when fn
-// fails its writes are undone and the transaction stays usable (on
-// PostgreSQL a failed statement would otherwise abort it).
-func (d *delivery) savepoint(ctx context.Context, fn func(q querier) error) error {
+// savepoint runs fn with q, which runs on the delivery's transaction, in
+// a savepoint: when fn fails its writes are undone and the transaction
+// stays usable (on PostgreSQL a failed statement would otherwise abort
+// it).
+func (d *delivery) savepoint(ctx context.Context, q querier, fn func(q querier) error) error {
 	if err := d.lock(ctx); err != nil {
 		return err
 	}
 	defer d.unlock()
-	if _, err := d.tx.ExecContext(ctx, `SAVEPOINT `+callSavepoint); err != nil {
+	if _, err := q.ExecContext(ctx, `SAVEPOINT `+callSavepoint); err != nil {
 		return err
 	}
-	if err := fn(d.tx); err != nil {
+	if err := fn(q); err != nil {
 		// Undo even when ctx has ended: the delivery's transaction goes on.
 		// If the database cannot, the delivery's next statement fails.
 		undo := context.WithoutCancel(ctx)
-		if _, rerr := d.tx.ExecContext(undo, `ROLLBACK TO SAVEPOINT `+callSavepoint); rerr == nil {
-			_, _ = d.tx.ExecContext(undo, `RELEASE SAVEPOINT `+callSavepoint)
+		if _, rerr := q.ExecContext(undo, `ROLLBACK TO SAVEPOINT `+callSavepoint); rerr == nil {
+			_, _ = q.ExecContext(undo, `RELEASE SAVEPOINT `+callSavepoint)
 		}
 		return err
 	}
-	_, err := d.tx.ExecContext(ctx, `RELEASE SAVEPOINT `+callSavepoint)
+	_, err := q.ExecContext(ctx, `RELEASE SAVEPOINT `+callSavepoint)
 	return err
 }
 
@@ -94,13 +96,13 @@ func (d *delivery) savepoint(ctx context.Context, fn func(q querier) error) erro
 // delivery's transaction.
 func (s *Store) inTx(ctx context.Context, op string, fn func(q querier) error) error {
 	if d := s.joined(ctx); d != nil {
-		return translate(op, d.savepoint(ctx, fn))
+		return translate(op, d.savepoint(ctx, s.on(d.tx), fn))
 	}
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
 		return translate(op, err)
 	}
-	if err := fn(tx); err != nil {
+	if err := fn(s.on(tx)); err != nil {
 		_ = tx.Rollback()
 		return translate(op, err)
 	}
@@ -112,9 +114,9 @@ func (s *Store) inTx(ctx context.Context, op string, fn func(q querier) error) e
 // belongs to; it translates fn's error.
 func (s *Store) write(ctx context.Context, op string, fn func(q querier) error) error {
 	if d := s.joined(ctx); d != nil {
-		return translate(op, d.savepoint(ctx, fn))
+		return translate(op, d.savepoint(ctx, s.on(d.tx), fn))
 	}
-	return translate(op, fn(s.db))
+	return translate(op, fn(s.on(s.db)))
 }
 
 // read runs fn, which only reads, on the database, or in the delivery's
@@ -122,11 +124,114 @@ func (s *Store) write(ctx context.Context, op string, fn func(q querier) error) 
 func (s *Store) read(ctx context.Context, op string, fn func(q querier) error) error {
 	d := s.joined(ctx)
 	if d == nil {
-		return translate(op, fn(s.db))
+		return translate(op, fn(s.on(s.db)))
 	}
 	if err := d.lock(ctx); err != nil {
 		return translate(op, err)
 	}
 	defer d.unlock()
-	return translate(op, fn(d.tx))
+	return translate(op, fn(s.on(d.tx)))
+}
+
+// maxStmts bounds the prepared statements a Store keeps.
+const maxStmts = 128
+
+// stmts keeps prepared statements on SQLite, whose driver otherwise
+// compiles every statement, with the triggers it fires, on every call:
+// more work than running it. PostgreSQL drivers keep their own.
+type stmts struct {
+	mu sync.Mutex
+	m  map[string]*sql.Stmt
+}
+
+// prepared is a querier that runs the statements it is given as prepared
+// statements of its Store, on q: the database or a transaction of it.
+type prepared struct {
+	s *Store
+	q querier
+}
+
+// on returns what fn of s's methods run statements on: q itself, or on
+// SQLite q with s's prepared statements.
+func (s *Store) on(q querier) querier {
+	if s.dialect != SQLite {
+		return q
+	}
+	return prepared{s: s, q: q}
+}
+
+// rawTx returns the transaction q runs on.
+func rawTx(q querier) *sql.Tx {
+	if p, ok := q.(prepared); ok {
+		q = p.q
+	}
+	return q.(*sql.Tx)
+}
+
+// stmt returns query prepared, on q's transaction if it is one; nil when
+// it is not prepared (the caller then runs it as it is).
+func (p prepared) stmt(ctx context.Context, query string) *sql.Stmt {
+	c := &p.s.stmts
+	c.mu.Lock()
+	st, ok := c.m[query]
+	c.mu.Unlock()
+	tx, inTx := p.q.(*sql.Tx)
+	switch {
+	case ok && inTx:
+		return tx.StmtContext(ctx, st)
+	case ok:
+		return st
+	case inTx:
+		// Preparing on the database would wait for a connection, maybe
+		// the one the transaction holds.
+		return nil
+	default:
+		return p.s.prepare(ctx, query)
+	}
+}
+
+// prepare prepares query on the database and keeps it, unless the Store
+// keeps maxStmts already; nil when it cannot.
+func (s *Store) prepare(ctx context.Context, query string) *sql.Stmt {
+	st, err := s.db.PrepareContext(ctx, query)
+	if err != nil {
+		return nil
+	}
+	c := &s.stmts
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if prev, ok := c.m[query]; ok {
+		_ = st.Close()
+		return prev
+	}
+	if len(c.m) >= maxStmts {
+		_ = st.Close()
+		return nil
+	}
+	if c.m == nil {
+		c.m = map[string]*sql.Stmt{}
+	}
+	c.m[query] = st
+	return st
+}
+
+func (p prepared) ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error) {
+	if st := p.stmt(ctx, query); st != nil {
+		return st.ExecContext(ctx, args...)
+	}
+	return p.q.ExecContext(ctx, query, args...)
+}
+
+func (p prepared) QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error) {
+	if st := p.stmt(ctx, query); st != nil {
+		return st.QueryContext(ctx, args...)
+	}
+	return p.q.QueryContext(ctx, query, args...)
+}
+
+func (p prepared) QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row {
+	if st := p.stmt(ctx, query); st != nil {
+		return st.QueryRowContext(ctx, args...)
+	}
+	return p.q.QueryRowContext(ctx, query, args...)
 }

@@ -26,7 +26,7 @@ type durablePair struct {
 	pub, priv       *tether.Node
 	pubIDs, privIDs []string
 	pubIn, privIn   *tally
-	pubDB           *sql.DB
+	pubDB, privDB   *sql.DB
 }
 
 // tally is a Receiver that counts, and keeps each message's latency (the
@@ -67,19 +67,27 @@ func (c *tally) until(n int) <-chan struct{} {
 	return ch
 }
 
-// durableDB opens a fresh database of dialect d for one instance, with the
-// pool settings sqlstore's documentation recommends.
-func durableDB(b *testing.B, d sqlstore.Dialect) *sql.DB {
+// recommendedIdle is the idle connections sqlstore's documentation
+// recommends keeping on PostgreSQL with 20 open: all of them.
+const recommendedIdle = 20
+
+// durableDB opens a fresh database of dialect d for one instance; on
+// PostgreSQL with 20 open connections, idle of them kept.
+func durableDB(b *testing.B, d sqlstore.Dialect, idle int) *sql.DB {
 	if d == sqlstore.SQLite {
 		db, _ := openSQLite(b)
 		return db
 	}
 	db := openPostgres(b, newSchema(b))
-	db.SetMaxIdleConns(20)
+	db.SetMaxIdleConns(idle)
 	return db
 }
 
 func newDurablePair(b *testing.B, d sqlstore.Dialect, conns int) *durablePair {
+	return newDurablePairIdle(b, d, conns, recommendedIdle)
+}
+
+func newDurablePairIdle(b *testing.B, d sqlstore.Dialect, conns, idle int) *durablePair {
 	b.Helper()
 	ctx := context.Background()
 	p := &durablePair{pubIn: &tally{}, privIn: &tally{}}
@@ -94,13 +102,14 @@ func newDurablePair(b *testing.B, d sqlstore.Dialect, conns int) *durablePair {
 		}
 		return n
 	}
-	p.pubDB = durableDB(b, d)
+	p.pubDB = durableDB(b, d, idle)
 	var h http.Handler
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { h.ServeHTTP(w, r) }))
 	b.Cleanup(srv.Close)
 	p.pub = open(p.pubDB, srv.URL+"/t", p.pubIn)
 	h = httptransport.NewHandler(p.pub, httptransport.HandlerConfig{})
-	p.priv = open(durableDB(b, d), "", p.privIn)
+	p.privDB = durableDB(b, d, idle)
+	p.priv = open(p.privDB, "", p.privIn)
 	for i := range conns {
 		c, code, err := p.pub.Initiate(ctx, tether.InitiateRequest{Mode: tether.ModeBasic, LocalName: "A", RemoteName: "B", Name: fmt.Sprintf("A to B %d", i)})
 		if err != nil {
@@ -236,8 +245,8 @@ func durableThroughput(b *testing.B, conns int) {
 }
 
 // BenchmarkDurableIdleLatency sends one message at a time from the public
-// side to an idle private side (through its long-poll) and waits until it
-// was received, on SQLite files and on PostgreSQL; beside it, in the same
+// side to an idle private side (through its long-poll: 10 ms after the
+// previous message arrived) and waits until it was received, on SQLite files and on PostgreSQL; beside it, in the same
 // loop, one bare HTTP POST round trip on loopback. Metrics: p50 and p99 of
 // both, in milliseconds, and the ratio of the p50s.
 func BenchmarkDurableIdleLatency(b *testing.B) {
@@ -253,6 +262,9 @@ func BenchmarkDurableIdleLatency(b *testing.B) {
 		var rtt []time.Duration
 		b.ResetTimer()
 		for i := range b.N {
+			// Idle: the private side has stored the last message, and
+			// acknowledged it with the poll it now holds.
+			time.Sleep(10 * time.Millisecond)
 			done := p.privIn.until(i + 1)
 			if _, err := p.pub.Send(ctx, p.pubIDs[0], stamp(64)); err != nil {
 				b.Fatal(err)
@@ -290,4 +302,47 @@ func percentile(d []time.Duration, p int) time.Duration {
 	s := slices.Clone(d)
 	slices.Sort(s)
 	return s[(len(s)-1)*p/100]
+}
+
+// BenchmarkDurablePool measures the pool settings on PostgreSQL: 20 open
+// connections with 10 kept idle (database/sql closes the others after
+// each burst, and opens new ones at the next) and with all 20 kept, side
+// by side in one loop, 100 connections, blocks of 10,000 messages pushed
+// and then pulled as in BenchmarkDurableThroughput. Metrics: messages per
+// second and database connections closed for being idle (then reopened)
+// per second, for each, and the ratio of the throughputs.
+func BenchmarkDurablePool(b *testing.B) {
+	const block, size = 10000, 200
+	postgresURL(b)
+	type pool struct {
+		p       *durablePair
+		t       time.Duration
+		closed0 int64
+	}
+	pools := []*pool{{p: newDurablePairIdle(b, sqlstore.PostgreSQL, 100, 10)}, {p: newDurablePairIdle(b, sqlstore.PostgreSQL, 100, 20)}}
+	closed := func(p *durablePair) int64 { return p.pubDB.Stats().MaxIdleClosed + p.privDB.Stats().MaxIdleClosed }
+	for _, pl := range pools {
+		pl.closed0 = closed(pl.p)
+	}
+	b.ResetTimer()
+	for i := range b.N {
+		for _, pl := range pools {
+			start := time.Now()
+			done := pl.p.pubIn.until((i + 1) * block)
+			sendBlock(b, pl.p.priv, pl.p.privIDs, block, size)
+			<-done
+			done = pl.p.privIn.until((i + 1) * block)
+			sendBlock(b, pl.p.pub, pl.p.pubIDs, block, size)
+			<-done
+			pl.t += time.Since(start)
+		}
+	}
+	msgs := float64(2 * b.N * block)
+	r10, r20 := msgs/pools[0].t.Seconds(), msgs/pools[1].t.Seconds()
+	b.ReportMetric(r10, "idle10-msgs/s")
+	b.ReportMetric(r20, "idle20-msgs/s")
+	b.ReportMetric(float64(closed(pools[0].p)-pools[0].closed0)/pools[0].t.Seconds(), "idle10-reopened/s")
+	b.ReportMetric(float64(closed(pools[1].p)-pools[1].closed0)/pools[1].t.Seconds(), "idle20-reopened/s")
+	b.ReportMetric(r20/r10, "idle20/idle10")
+	b.ReportMetric(0, "ns/op")
 }

@@ -22,9 +22,10 @@ import (
 	"github.com/tetherkit/tether/storetest"
 )
 
-// Concurrent appends share commits: 64 goroutines appending at once, to
-// four connections, store every message, number each connection's
-// messages 1 to 16 without gaps, and commit far fewer than 64 times.
+// Concurrent appends share commits: 64 goroutines appending 16 messages
+// each, at once, to four connections, store every message, number each
+// connection's messages 1 to 256 without gaps, and commit far fewer than
+// 1,024 times.
 // Appends to a missing and to a deleted connection among them fail with
 // their own error and fail nobody else.
 func TestConcurrentAppendsShareCommits(t *testing.T) {
@@ -41,7 +42,7 @@ func TestConcurrentAppendsShareCommits(t *testing.T) {
 		if err := s.UpdateConnection(ctx, gone); err != nil {
 			t.Fatal(err)
 		}
-		const writers = 64
+		const writers, each = 64, 16
 		start := make(chan struct{})
 		var (
 			wg   sync.WaitGroup
@@ -61,42 +62,47 @@ func TestConcurrentAppendsShareCommits(t *testing.T) {
 					id = gone.ID
 				}
 				<-start
-				seq, err := s.AppendOutbox(ctx, id, []byte(fmt.Sprintf("m%d", i)), time.Now())
-				switch {
-				case i == writers && tether.ErrorCode(err) != tether.CodeNotFound:
-					t.Errorf("append to a missing connection: %v, want CodeNotFound", err)
-				case i == writers+1 && tether.ErrorCode(err) != tether.CodeNotConnected:
-					t.Errorf("append to a deleted connection: %v, want CodeNotConnected", err)
-				case i < writers && err != nil:
-					t.Errorf("append %d: %v", i, err)
-				case i < writers:
-					mu.Lock()
-					seqs[id] = append(seqs[id], seq)
-					mu.Unlock()
+				for j := range each {
+					if i >= writers && j > 0 {
+						return
+					}
+					seq, err := s.AppendOutbox(ctx, id, []byte(fmt.Sprintf("m%d-%d", i, j)), time.Now())
+					switch {
+					case i == writers && tether.ErrorCode(err) != tether.CodeNotFound:
+						t.Errorf("append to a missing connection: %v, want CodeNotFound", err)
+					case i == writers+1 && tether.ErrorCode(err) != tether.CodeNotConnected:
+						t.Errorf("append to a deleted connection: %v, want CodeNotConnected", err)
+					case i < writers && err != nil:
+						t.Errorf("append %d: %v", i, err)
+					case i < writers:
+						mu.Lock()
+						seqs[id] = append(seqs[id], seq)
+						mu.Unlock()
+					}
 				}
 			}()
 		}
 		close(start)
 		wg.Wait()
 		n := commits.Load() - before
-		t.Logf("%d appends, %d commits", writers, n)
-		if n > writers/4 {
-			t.Errorf("%d concurrent appends took %d commits: they do not share them", writers, n)
+		t.Logf("%d appends, %d commits", writers*each, n)
+		if n > writers*each/4 {
+			t.Errorf("%d concurrent appends took %d commits: they do not share them", writers*each, n)
 		}
 		for i := 1; i <= 4; i++ {
 			id := storetest.ConnID(i)
 			got := seqs[id]
 			slices.Sort(got)
 			want := []int64{}
-			for seq := int64(1); seq <= writers/4; seq++ {
+			for seq := int64(1); seq <= writers*each/4; seq++ {
 				want = append(want, seq)
 			}
 			if !slices.Equal(got, want) {
 				t.Errorf("numbers on %s: %v, want %v", id, got, want)
 			}
-			msgs, err := s.ListOutbox(ctx, id, 0, 0)
-			if err != nil || len(msgs) != writers/4 {
-				t.Errorf("outbox of %s holds %d messages (%v), want %d", id, len(msgs), err, writers/4)
+			msgs, err := s.ListOutbox(ctx, id, 0, 1000)
+			if err != nil || len(msgs) != writers*each/4 {
+				t.Errorf("outbox of %s holds %d messages (%v), want %d", id, len(msgs), err, writers*each/4)
 			}
 		}
 	})

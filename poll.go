@@ -298,8 +298,10 @@ func (n *Node) handlePoll(ctx context.Context, req *Request) (*Response, error) 
 	defer n.metrics.pollsHeld(ctx, -1)
 	deadline := n.clock.After(min(time.Duration(max(body.WaitMS, 0))*time.Millisecond, n.pollWait))
 	read := body.Connections // what the next pass reads: all of them first
+	known := conns           // the first pass uses the connections just read
 	for {
-		reply, err := n.pollBatches(ctx, read)
+		reply, err := n.pollBatches(ctx, read, known)
+		known = nil
 		if err != nil {
 			return nil, Wrap(CodeUnavailable, op, err)
 		}
@@ -375,14 +377,20 @@ func (n *Node) ackPolled(ctx context.Context, c *Connection, cursor int64, now t
 // of connections deleted, and those whose status differs from what the
 // poller last heard. A connection that is not active, or whose peer
 // paused, sends up to its latest notice; a poller that is held takes only
-// the notices that lead.
-func (n *Node) pollBatches(ctx context.Context, polled []pollCursor) (pollReply, error) {
+// the notices that lead. known, when not nil, holds the polled connections
+// as they were just read, in order.
+func (n *Node) pollBatches(ctx context.Context, polled []pollCursor, known []*Connection) (pollReply, error) {
 	reply := pollReply{Connections: []pollBatch{}}
 	count, size := 0, 0
-	for _, pc := range polled {
-		c, err := n.store.GetConnection(ctx, pc.ID)
-		if err != nil {
-			return reply, err
+	for i, pc := range polled {
+		var c *Connection
+		if known != nil {
+			c = known[i]
+		} else {
+			var err error
+			if c, err = n.store.GetConnection(ctx, pc.ID); err != nil {
+				return reply, err
+			}
 		}
 		b := pollBatch{ID: pc.ID, Status: pollActive}
 		if revoked(c) {

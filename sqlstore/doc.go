@@ -50,7 +50,7 @@
 //
 //	db, err := sql.Open("pgx", "postgres://tether@db.internal:5432/app?sslmode=verify-full")
 //	db.SetMaxOpenConns(20) // per replica; keep replicas × 20 under max_connections
-//	db.SetMaxIdleConns(10)
+//	db.SetMaxIdleConns(20) // keep them: fewer are closed after each burst and reopened
 //	db.SetConnMaxLifetime(30 * time.Minute)
 //	store, err := sqlstore.New(ctx, db, sqlstore.PostgreSQL, sqlstore.Config{
 //		Sealer: sealer,

@@ -168,7 +168,7 @@ func openPostgresBackend(ctx context.Context, o *options, b *backend, stderr fun
 	}
 	b.closers = append(b.closers, func() { db.Close() })
 	db.SetMaxOpenConns(20)
-	db.SetMaxIdleConns(10)
+	db.SetMaxIdleConns(20)
 	db.SetConnMaxLifetime(30 * time.Minute)
 	raw, err := sqlstore.New(ctx, db, sqlstore.PostgreSQL, sqlstore.Config{Sealer: sealer(), Listen: pgListen(dsn)})
 	if err != nil {

@@ -5,9 +5,11 @@ import (
 	"database/sql"
 	"encoding/json"
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -28,11 +30,16 @@ func benchDialects(b *testing.B, fn func(b *testing.B, db *sql.DB, d sqlstore.Di
 	})
 }
 
-// BenchmarkOutbox measures AppendOutbox for each message plus AckOutbox
-// for every batch of 100 (what a sender does), beside a plain database/sql
-// INSERT of the same rows into a table of the same shape, interleaved in
-// one loop. Metrics: messages per second for each and their ratio.
+// BenchmarkOutbox measures Node.Send as a host calls it: 8 goroutines
+// sending at once, 50 messages each, on one connection (each Send reads the
+// connection, then appends; concurrent appends share commits), then one
+// AckOutbox of them all (what a sender does when the peer has them);
+// beside it, in the same loop, 8 goroutines inserting the same rows with
+// plain database/sql INSERTs, one statement each, into a table of the same
+// shape (200-byte payloads). Metrics: messages per second for each, and
+// their ratio.
 func BenchmarkOutbox(b *testing.B) {
+	const writers, each = 8, 50
 	benchDialects(b, func(b *testing.B, db *sql.DB, d sqlstore.Dialect) {
 		ctx := context.Background()
 		s := newStore(b, db, d, testKey(b))
@@ -40,36 +47,50 @@ func BenchmarkOutbox(b *testing.B) {
 		if err := s.CreateConnection(ctx, c); err != nil {
 			b.Fatal(err)
 		}
-		blob := "BLOB"
-		if d == sqlstore.PostgreSQL {
-			blob = "BYTEA"
-		}
-		if _, err := db.Exec(`CREATE TABLE plain_outbox (connection_id TEXT NOT NULL, seq BIGINT NOT NULL, payload ` + blob + ` NOT NULL, created_ns BIGINT NOT NULL, PRIMARY KEY (connection_id, seq))`); err != nil {
+		node, err := tether.Open(ctx, tether.Config{Store: s})
+		if err != nil {
 			b.Fatal(err)
 		}
-		insert := rebind(d, `INSERT INTO plain_outbox (connection_id, seq, payload, created_ns) VALUES (?, ?, ?, ?)`)
+		table := plainTable(b, db, d)
+		insert := rebind(d, `INSERT INTO `+table+` (connection_id, seq, payload, created_ns) VALUES (?, ?, ?, ?)`)
 		payload := make([]byte, 200)
+		concurrently := func(fn func(w, i int) error) {
+			var wg sync.WaitGroup
+			for w := range writers {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					for i := range each {
+						if err := fn(w, i); err != nil {
+							b.Error(err)
+							return
+						}
+					}
+				}()
+			}
+			wg.Wait()
+		}
 		var tetherTime, plainTime time.Duration
 		b.ResetTimer()
-		for i := range b.N {
+		for n := range b.N {
 			start := time.Now()
-			seq, err := s.AppendOutbox(ctx, c.ID, payload, start)
-			if err != nil {
+			concurrently(func(int, int) error {
+				_, err := node.Send(ctx, c.ID, payload)
+				return err
+			})
+			if err := s.AckOutbox(ctx, c.ID, math.MaxInt64); err != nil {
 				b.Fatal(err)
-			}
-			if seq%100 == 0 {
-				if err := s.AckOutbox(ctx, c.ID, seq); err != nil {
-					b.Fatal(err)
-				}
 			}
 			mid := time.Now()
-			if _, err := db.ExecContext(ctx, insert, c.ID, i+1, payload, mid.UnixNano()); err != nil {
-				b.Fatal(err)
-			}
+			concurrently(func(w, i int) error {
+				_, err := db.ExecContext(ctx, insert, c.ID, (n*writers+w)*each+i, payload, time.Now().UnixNano())
+				return err
+			})
 			tetherTime += mid.Sub(start)
 			plainTime += time.Since(mid)
 		}
-		tr, pr := float64(b.N)/tetherTime.Seconds(), float64(b.N)/plainTime.Seconds()
+		msgs := float64(b.N * writers * each)
+		tr, pr := msgs/tetherTime.Seconds(), msgs/plainTime.Seconds()
 		b.ReportMetric(tr, "tether-msgs/s")
 		b.ReportMetric(pr, "plain-msgs/s")
 		b.ReportMetric(tr/pr, "ratio")

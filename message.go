@@ -65,6 +65,11 @@ func (f ReceiverFunc) Receive(ctx context.Context, m Message) error { return f(c
 // Concurrent Sends may share a transaction when the Store groups commits
 // (sqlstore does): many goroutines sending at once cost about one commit
 // per group, not one each. To store many messages at once, SendBatch.
+//
+// An error does not always mean the message was not stored: when ctx ends
+// while the database commits, the message may be stored and delivered. A
+// host that sends again after an error may deliver it twice; a Receiver
+// that must not see a payload twice carries its own key in it.
 func (n *Node) Send(ctx context.Context, connectionID string, payload []byte) (int64, error) {
 	const op = "tether: send"
 	c, err := n.sendable(ctx, op, connectionID, payload)

@@ -4,6 +4,8 @@ import (
 	"context"
 	"database/sql"
 	"errors"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -136,9 +138,15 @@ func (s *Store) commitGroup(batch []*appendReq) {
 		r.first, r.err = s.appendAlone(ctx, r)
 		return
 	}
-	tx, err := s.db.BeginTx(ctx, nil)
+	// In connection order: each append locks its connection's counter row
+	// (PostgreSQL) to the commit, so transactions of other Stores or
+	// replicas that take them in the same order cannot deadlock with this
+	// one.
+	ordered := slices.Clone(batch)
+	slices.SortStableFunc(ordered, func(a, b *appendReq) int { return strings.Compare(a.id, b.id) })
+	tx, release, err := s.begin(ctx)
 	if err == nil {
-		for _, r := range batch {
+		for _, r := range ordered {
 			r.first, r.err = s.appendAll(ctx, s.on(tx), r)
 			var te *tether.Error
 			if r.err != nil && !errors.As(r.err, &te) {
@@ -148,8 +156,10 @@ func (s *Store) commitGroup(batch []*appendReq) {
 		}
 		if err != nil {
 			_ = tx.Rollback()
+			release() // before the appends alone need a connection
 		} else {
 			err = tx.Commit()
+			release()
 			if err != nil {
 				// It may have committed: retrying could store twice.
 				for _, r := range batch {

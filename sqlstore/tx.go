@@ -3,6 +3,7 @@ package sqlstore
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"sync"
 )
 
@@ -98,15 +99,35 @@ func (s *Store) inTx(ctx context.Context, op string, fn func(q querier) error) e
 	if d := s.joined(ctx); d != nil {
 		return translate(op, d.savepoint(ctx, s.on(d.tx), fn))
 	}
-	tx, err := s.db.BeginTx(ctx, nil)
+	tx, release, err := s.begin(ctx)
 	if err != nil {
 		return translate(op, err)
 	}
+	defer release()
 	if err := fn(s.on(tx)); err != nil {
 		_ = tx.Rollback()
 		return translate(op, err)
 	}
 	return translate(op, tx.Commit())
+}
+
+// begin starts a transaction whose statements ctx can stop but whose
+// commit it cannot: a commit cut off by ctx might have happened, and the
+// caller would be told it failed. When ctx ends, the statement running
+// fails and the caller rolls back.
+// The connection is taken under ctx; release returns it to the pool once
+// the transaction has ended.
+func (s *Store) begin(ctx context.Context) (tx *sql.Tx, release func(), err error) {
+	conn, err := s.db.Conn(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	tx, err = conn.BeginTx(context.WithoutCancel(ctx), nil)
+	if err != nil {
+		_ = conn.Close()
+		return nil, nil, err
+	}
+	return tx, func() { _ = conn.Close() }, nil
 }
 
 // write runs fn, whose statements need no transaction of their own, on
@@ -234,4 +255,20 @@ func (p prepared) QueryRowContext(ctx context.Context, query string, args ...any
 		return st.QueryRowContext(ctx, args...)
 	}
 	return p.q.QueryRowContext(ctx, query, args...)
+}
+
+// Close releases the statements the Store prepared (on SQLite). It does
+// not close the database, which stays the caller's; a Store used after
+// Close still works, more slowly. Closing is needed only when many Stores
+// are made on one long-lived database.
+func (s *Store) Close() error {
+	c := &s.stmts
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var errs []error
+	for _, st := range c.m {
+		errs = append(errs, st.Close())
+	}
+	c.m = nil
+	return errors.Join(errs...)
 }

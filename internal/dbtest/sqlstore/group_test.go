@@ -301,3 +301,87 @@ func (t *countingTx) Rollback() error {
 	t.c.tx = false
 	return t.Tx.Rollback()
 }
+
+// Stores sharing a database (replicas) group appends to the same
+// connections at once, in every order: their shared transactions lock the
+// connections' counters in one order, so none deadlocks and every append
+// succeeds.
+func TestGroupsOfStoresDoNotDeadlock(t *testing.T) {
+	dialects(t, func(t *testing.T, db *sql.DB, d sqlstore.Dialect) {
+		ctx := context.Background()
+		key := testKey(t)
+		var stores []*sqlstore.Store
+		for range 4 {
+			stores = append(stores, newStore(t, db, d, key))
+		}
+		ids := createConns(t, ctx, stores[0], 3)
+		var wg sync.WaitGroup
+		var stored atomic.Int64
+		for g := range 24 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				s := stores[g%4]
+				for j := range 40 {
+					id := ids[(g+j)%3]
+					if g%2 == 1 {
+						id = ids[(g+2*j)%3]
+					}
+					var err error
+					if g%8 < 4 {
+						_, err = s.AppendOutbox(ctx, id, []byte("m"), time.Now())
+						stored.Add(1)
+					} else {
+						_, err = s.AppendOutboxBatch(ctx, id, [][]byte{[]byte("m"), []byte("n")}, time.Now())
+						stored.Add(2)
+					}
+					if err != nil {
+						t.Error(err)
+						return
+					}
+				}
+			}()
+		}
+		wg.Wait()
+		total := 0
+		for _, id := range ids {
+			msgs, err := stores[0].ListOutbox(ctx, id, 0, 1000)
+			if err != nil {
+				t.Fatal(err)
+			}
+			total += len(msgs)
+		}
+		if int64(total) != stored.Load() {
+			t.Fatalf("%d messages stored, %d appended", total, stored.Load())
+		}
+	})
+}
+
+// Close releases the Store's prepared statements; the Store still works
+// after it, transactions too.
+func TestStoreClose(t *testing.T) {
+	dialects(t, func(t *testing.T, db *sql.DB, d sqlstore.Dialect) {
+		ctx := context.Background()
+		s := newStore(t, db, d, testKey(t))
+		ids := createConns(t, ctx, s, 1)
+		if _, err := s.AppendOutbox(ctx, ids[0], []byte("before"), time.Now()); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Close(); err != nil {
+			t.Fatalf("Close: %v", err)
+		}
+		if _, err := s.AppendOutboxBatch(ctx, ids[0], [][]byte{[]byte("after 1"), []byte("after 2")}, time.Now()); err != nil {
+			t.Fatalf("a batch after Close: %v", err)
+		}
+		if _, err := s.AppendOutbox(ctx, ids[0], []byte("after 3"), time.Now()); err != nil {
+			t.Fatalf("an append after Close: %v", err)
+		}
+		cursor, err := s.DeliverInbox(ctx, ids[0], 0, []tether.Message{{Seq: 1, Payload: []byte("x")}}, func(context.Context, tether.Message) error { return nil })
+		if err != nil || cursor != 1 {
+			t.Fatalf("a delivery after Close: %d, %v", cursor, err)
+		}
+		if msgs, err := s.ListOutbox(ctx, ids[0], 0, 0); err != nil || len(msgs) != 4 {
+			t.Fatalf("after Close the outbox holds %d messages (%v), want 4", len(msgs), err)
+		}
+	})
+}

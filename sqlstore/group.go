@@ -146,13 +146,18 @@ func (s *Store) commitGroup(batch []*appendReq) {
 	slices.SortStableFunc(ordered, func(a, b *appendReq) int { return strings.Compare(a.id, b.id) })
 	tx, release, err := s.begin(ctx)
 	if err == nil {
-		for _, r := range ordered {
-			r.first, r.err = s.appendAll(ctx, s.on(tx), r)
-			var te *tether.Error
-			if r.err != nil && !errors.As(r.err, &te) {
-				err = r.err
+		for start := 0; start < len(ordered); {
+			// On PostgreSQL the appends to one connection go in one
+			// statement, saving round trips; on SQLite, where statements
+			// cost no round trip, each runs prepared.
+			end := start + 1
+			for s.dialect == PostgreSQL && end < len(ordered) && ordered[end].id == ordered[start].id {
+				end++
+			}
+			if err = s.appendRun(ctx, s.on(tx), ordered[start:end]); err != nil {
 				break
 			}
+			start = end
 		}
 		if err != nil {
 			_ = tx.Rollback()
@@ -182,6 +187,37 @@ func (s *Store) commitGroup(batch []*appendReq) {
 	}
 }
 
+// appendRun stores the appends of run, all to one connection, in one
+// step, and gives each its first number or the connection's refusal. It
+// returns any other error.
+func (s *Store) appendRun(ctx context.Context, q querier, run []*appendReq) error {
+	r := run[0]
+	if len(run) == 1 {
+		r.first, r.err = s.appendAll(ctx, q, r.op, r.id, r.payloads, []time.Time{r.created})
+	} else {
+		var (
+			payloads [][]byte
+			created  []time.Time
+		)
+		for _, r := range run {
+			payloads = append(payloads, r.payloads...)
+			for range r.payloads {
+				created = append(created, r.created)
+			}
+		}
+		first, err := s.appendAll(ctx, q, r.op, r.id, payloads, created)
+		for _, r := range run {
+			r.first, r.err = first, err
+			first += int64(len(r.payloads))
+		}
+	}
+	var te *tether.Error
+	if r.err != nil && !errors.As(r.err, &te) {
+		return r.err
+	}
+	return nil
+}
+
 // appendAlone makes r in a statement, or a transaction, of its own.
 func (s *Store) appendAlone(ctx context.Context, r *appendReq) (int64, error) {
 	if len(r.payloads) == 1 {
@@ -191,40 +227,44 @@ func (s *Store) appendAlone(ctx context.Context, r *appendReq) (int64, error) {
 	var first int64
 	err := s.inTx(ctx, r.op, func(q querier) error {
 		var err error
-		first, err = s.appendAll(ctx, q, r)
+		first, err = s.appendAll(ctx, q, r.op, r.id, r.payloads, []time.Time{r.created})
 		return err
 	})
 	return first, err
 }
 
-// appendAll appends r's payloads with q, which is a transaction when there
-// is more than one, and returns the first number. When the connection
-// refuses (missing, deleted) nothing is written. More than one message
-// take their numbers in one statement and are inserted insertChunk at a
-// time.
-func (s *Store) appendAll(ctx context.Context, q querier, r *appendReq) (int64, error) {
-	if len(r.payloads) == 1 {
-		return s.appendMessage(ctx, q, r.op, r.id, r.payloads[0], r.created, false)
+// appendAll appends payloads to connection id's outbox with q, which is
+// a transaction when there is more than one, and returns the first
+// number; created holds each payload's time, or one for all. When the
+// connection refuses (missing, deleted) nothing is written. More than one
+// message take their numbers in one statement and are inserted
+// insertChunk at a time.
+func (s *Store) appendAll(ctx context.Context, q querier, op, id string, payloads [][]byte, created []time.Time) (int64, error) {
+	if len(payloads) == 1 {
+		return s.appendMessage(ctx, q, op, id, payloads[0], created[0], false)
 	}
-	n := int64(len(r.payloads))
+	n := int64(len(payloads))
 	var last int64
-	err := q.QueryRowContext(ctx, s.q.reserveSeqs, n, r.id).Scan(&last)
+	err := q.QueryRowContext(ctx, s.q.reserveSeqs, n, id).Scan(&last)
 	if errors.Is(err, sql.ErrNoRows) {
-		return 0, s.refused(ctx, q, r.op, r.id)
+		return 0, s.refused(ctx, q, op, id)
 	}
 	if err != nil {
 		return 0, err
 	}
 	first := last - n + 1
-	created := nanos(r.created)
-	for start := 0; start < len(r.payloads); start += insertChunk {
-		chunk := r.payloads[start:min(start+insertChunk, len(r.payloads))]
+	for start := 0; start < len(payloads); start += insertChunk {
+		chunk := payloads[start:min(start+insertChunk, len(payloads))]
 		args := make([]any, 0, 4*len(chunk))
 		for i, p := range chunk {
 			if p == nil {
 				p = []byte{}
 			}
-			args = append(args, r.id, first+int64(start+i), p, created)
+			at := created[0]
+			if len(created) > 1 {
+				at = created[start+i]
+			}
+			args = append(args, id, first+int64(start+i), p, nanos(at))
 		}
 		query := s.q.insertChunk
 		if len(chunk) != insertChunk {
@@ -235,7 +275,7 @@ func (s *Store) appendAll(ctx context.Context, q querier, r *appendReq) (int64, 
 		}
 	}
 	if s.dialect == PostgreSQL {
-		if _, err := q.ExecContext(ctx, s.q.notifyOutbox, r.id); err != nil {
+		if _, err := q.ExecContext(ctx, s.q.notifyOutbox, id); err != nil {
 			return 0, err
 		}
 	}

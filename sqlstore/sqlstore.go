@@ -712,11 +712,10 @@ func (s *Store) AppendOutboxBatch(ctx context.Context, connectionID string, payl
 	if s.joined(ctx) == nil {
 		return s.appendGroup(ctx, op, connectionID, payloads, created)
 	}
-	r := &appendReq{op: op, id: connectionID, payloads: payloads, created: created}
 	var first int64
 	err := s.inTx(ctx, op, func(q querier) error {
 		var err error
-		first, err = s.appendAll(ctx, q, r)
+		first, err = s.appendAll(ctx, q, op, connectionID, payloads, []time.Time{created})
 		return err
 	})
 	return first, err

@@ -131,6 +131,7 @@ func openPostgres(t testing.TB, dsn string) *sql.DB {
 		t.Fatal(err)
 	}
 	db.SetMaxOpenConns(20)
+	db.SetMaxIdleConns(20) // as sqlstore's documentation recommends
 	t.Cleanup(func() { db.Close() })
 	return db
 }

@@ -1359,7 +1359,7 @@ func TestAdv2AcceptFloodUnderAPeersInstanceID(t *testing.T) {
 // refused.
 func TestAdv2AcceptFloodOfMadeUpPeers(t *testing.T) {
 	if testing.Short() {
-		t.Skip("skipped with -short: floods 16,384 requests (.ci/run runs it, without -short)")
+		t.Skip("skipped with -short: floods wire.MaxPeers (65,536) requests (.ci/run runs it, without -short)")
 	}
 	ctx := context.Background()
 	w := newWorld(t)

@@ -20,8 +20,10 @@ const (
 	MaxNonces = 1 << 20
 	// MaxPeers bounds the peers remembered at once. A peer is forgotten
 	// once its last nonce expires; a peer not remembered when MaxPeers are
-	// is refused.
-	MaxPeers = 1 << 14
+	// is refused. A new private peer takes two for the nonces' lifetime
+	// (its accept request counts against the invitation, its polls
+	// against its instance), so 30,000 peers may join within it.
+	MaxPeers = 1 << 16
 	// ReservedNonces is what every remembered peer may hold even when the
 	// cache holds MaxNonces: so the cache never holds more than
 	// MaxNonces + MaxPeers*ReservedNonces = 2*MaxNonces nonces, and a peer

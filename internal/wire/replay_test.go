@@ -154,3 +154,25 @@ func TestReplayCacheConcurrent(t *testing.T) {
 		t.Fatalf("the cache counts %d nonces but holds %d", rc.total, sum)
 	}
 }
+
+// 10,000 private peers joining within one window take two entries each (the
+// accept request's invitation, then the instance's polls): the default
+// bounds accept them all, and their polls after.
+func TestReplayCacheTenThousandNewPeers(t *testing.T) {
+	var rc ReplayCache
+	for i := range 10000 {
+		now := start.Add(time.Duration(i) * time.Millisecond)
+		if !rc.Fresh(fmt.Sprintf("invitation-%d", i), nonce(2*i), now, now.Add(window)) {
+			t.Fatalf("peer %d's accept request was refused", i)
+		}
+		if !rc.Fresh(fmt.Sprintf("instance-%d", i), nonce(2*i+1), now, now.Add(window)) {
+			t.Fatalf("peer %d's first poll was refused", i)
+		}
+	}
+	now := start.Add(time.Minute)
+	for i := range 10000 {
+		if !rc.Fresh(fmt.Sprintf("instance-%d", i), nonce(30000+i), now, now.Add(window)) {
+			t.Fatalf("peer %d's second poll was refused", i)
+		}
+	}
+}

@@ -64,6 +64,7 @@ type Store struct {
 	states       atomic.Int64 // calls to TakeOAuthState, to purge now and then
 	appends      appends      // concurrent appends' shared transactions
 	stmts        stmts        // prepared statements, on SQLite
+	decoded      decoded      // connections GetConnection decoded
 }
 
 var (
@@ -581,7 +582,15 @@ func (s *Store) GetConnection(ctx context.Context, id string) (*tether.Connectio
 	if err != nil {
 		return nil, err
 	}
-	return decodeConn(version, data)
+	if c := s.decoded.get(id, data); c != nil {
+		c.Version = version
+		return c, nil
+	}
+	c, err := decodeConn(version, data)
+	if err == nil {
+		s.decoded.put(id, data, c)
+	}
+	return c, err
 }
 
 // ListConnections implements tether.Store.

@@ -1,10 +1,13 @@
 package sqlstore
 
 import (
+	"bytes"
 	"context"
 	"database/sql"
 	"errors"
 	"sync"
+
+	"github.com/tetherkit/tether"
 )
 
 // querier is what the Store's statements run on: the database, or a
@@ -271,4 +274,47 @@ func (s *Store) Close() error {
 	}
 	c.m = nil
 	return errors.Join(errs...)
+}
+
+// maxDecoded bounds the connections a Store keeps decoded.
+const maxDecoded = 1024
+
+// decoded keeps connections GetConnection decoded, each with the bytes it
+// was decoded from: decoding a connection costs more than reading it, and
+// the same few are read again and again (a poll reads every connection it
+// names). A connection whose stored bytes changed is decoded afresh.
+type decoded struct {
+	mu sync.Mutex
+	m  map[string]decodedConn
+}
+
+type decodedConn struct {
+	data []byte
+	c    *tether.Connection
+}
+
+// get returns a copy of connection id decoded from data, or nil.
+func (d *decoded) get(id string, data []byte) *tether.Connection {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if e, ok := d.m[id]; ok && bytes.Equal(e.data, data) {
+		return e.c.Clone()
+	}
+	return nil
+}
+
+// put keeps c, decoded from data, making room if it must.
+func (d *decoded) put(id string, data []byte, c *tether.Connection) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.m == nil {
+		d.m = map[string]decodedConn{}
+	}
+	if _, ok := d.m[id]; !ok && len(d.m) >= maxDecoded {
+		for other := range d.m {
+			delete(d.m, other)
+			break
+		}
+	}
+	d.m[id] = decodedConn{data: data, c: c.Clone()}
 }

@@ -107,7 +107,7 @@ func New(ctx context.Context, db *sql.DB, dialect Dialect, cfg Config) (*Store, 
 		// Statements that run in transactions, where they cannot be
 		// prepared on first use.
 		for _, q := range []string{s.q.appendOutbox, s.q.reserveSeqs, s.q.insertChunk, s.q.inboxForUpdate, s.q.advanceInbox,
-			`SAVEPOINT tether_message`, `RELEASE SAVEPOINT tether_message`,
+			`SAVEPOINT ` + messageSavepoint, `RELEASE SAVEPOINT ` + messageSavepoint,
 			`SAVEPOINT ` + callSavepoint, `RELEASE SAVEPOINT ` + callSavepoint} {
 			s.prepare(ctx, q)
 		}
@@ -693,22 +693,10 @@ func (s *Store) ListEvents(ctx context.Context, connectionID string, after int64
 
 // Outbox and inbox.
 
-// AppendOutbox implements tether.Store.
+// AppendOutbox implements tether.Store, in a transaction that concurrent
+// appends may share.
 func (s *Store) AppendOutbox(ctx context.Context, connectionID string, payload []byte, created time.Time) (int64, error) {
-	const op = "sqlstore: append outbox"
-	if s.joined(ctx) == nil {
-		return s.appendGroup(ctx, op, connectionID, [][]byte{payload}, created)
-	}
-	var seq int64
-	err := s.write(ctx, op, func(q querier) error {
-		var err error
-		seq, err = s.appendMessage(ctx, q, op, connectionID, payload, created, false)
-		return err
-	})
-	if err != nil {
-		return 0, err
-	}
-	return seq, nil
+	return s.appendOutbox(ctx, "sqlstore: append outbox", connectionID, [][]byte{payload}, created)
 }
 
 // AppendOutboxBatch implements tether.BatchAppender, in one transaction
@@ -718,13 +706,20 @@ func (s *Store) AppendOutboxBatch(ctx context.Context, connectionID string, payl
 	if len(payloads) == 0 {
 		return 0, &tether.Error{Code: tether.CodeInvalid, Op: op, Message: "no payloads"}
 	}
+	return s.appendOutbox(ctx, op, connectionID, payloads, created)
+}
+
+// appendOutbox stores payloads on connection id's outbox and returns the
+// first one's number: in a transaction shared with concurrent appends, or
+// in a savepoint of the delivery ctx belongs to.
+func (s *Store) appendOutbox(ctx context.Context, op, id string, payloads [][]byte, created time.Time) (int64, error) {
 	if s.joined(ctx) == nil {
-		return s.appendGroup(ctx, op, connectionID, payloads, created)
+		return s.appendGroup(ctx, op, id, payloads, created)
 	}
 	var first int64
 	err := s.inTx(ctx, op, func(q querier) error {
 		var err error
-		first, err = s.appendAll(ctx, q, op, connectionID, payloads, []time.Time{created})
+		first, err = s.appendAll(ctx, q, op, id, payloads, []time.Time{created})
 		return err
 	})
 	return first, err
@@ -906,17 +901,17 @@ func (s *Store) DeliverInbox(ctx context.Context, connectionID string, from int6
 			if m.Seq <= from || i > 0 && m.Seq <= msgs[i-1].Seq {
 				return &tether.Error{Code: tether.CodeInvalid, Op: op, Message: "messages must follow the cursor in ascending order"}
 			}
-			if _, err := q.ExecContext(ctx, `SAVEPOINT tether_message`); err != nil {
+			if _, err := q.ExecContext(ctx, `SAVEPOINT `+messageSavepoint); err != nil {
 				return err
 			}
 			if err := fn(txCtx, m); err != nil {
 				failed = err
-				if _, err := q.ExecContext(ctx, `ROLLBACK TO SAVEPOINT tether_message`); err != nil {
+				if _, err := q.ExecContext(ctx, `ROLLBACK TO SAVEPOINT `+messageSavepoint); err != nil {
 					return err
 				}
 				break
 			}
-			if _, err := q.ExecContext(ctx, `RELEASE SAVEPOINT tether_message`); err != nil {
+			if _, err := q.ExecContext(ctx, `RELEASE SAVEPOINT `+messageSavepoint); err != nil {
 				return err
 			}
 			cursor = m.Seq

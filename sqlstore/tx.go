@@ -65,9 +65,13 @@ func (d *delivery) lock(ctx context.Context) error {
 
 func (d *delivery) unlock() { <-d.sem }
 
-// callSavepoint names the savepoint of a Store call inside a delivery; it
-// nests in DeliverInbox's tether_message.
-const callSavepoint = "tether_call"
+// messageSavepoint names the savepoint DeliverInbox hands each message
+// in; callSavepoint the savepoint of a Store call inside a delivery,
+// which nests in it.
+const (
+	messageSavepoint = "tether_message"
+	callSavepoint    = "tether_call"
+)
 
 // savepoint runs fn with q, which runs on the delivery's transaction, in
 // a savepoint: when fn fails its writes are undone and the transaction

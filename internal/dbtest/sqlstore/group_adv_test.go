@@ -54,6 +54,15 @@ func isCtxErr(err error) bool {
 	return errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)
 }
 
+// appendVia appends payloads with one AppendOutboxBatch when batch, else
+// its only payload with AppendOutbox.
+func appendVia(ctx context.Context, s *sqlstore.Store, id string, payloads [][]byte, batch bool) (int64, error) {
+	if batch {
+		return s.AppendOutboxBatch(ctx, id, payloads, time.Now())
+	}
+	return s.AppendOutbox(ctx, id, payloads[0], time.Now())
+}
+
 // appendResult is one AppendOutbox or AppendOutboxBatch call and what it
 // returned.
 type appendResult struct {
@@ -123,15 +132,7 @@ func TestGroupCancelledAppends(t *testing.T) {
 							acancel()
 						}()
 					}
-					var (
-						first int64
-						err   error
-					)
-					if batch {
-						first, err = s.AppendOutboxBatch(actx, id, payloads, time.Now())
-					} else {
-						first, err = s.AppendOutbox(actx, id, payloads[0], time.Now())
-					}
+					first, err := appendVia(actx, s, id, payloads, batch)
 					acancel()
 					mu.Lock()
 					results = append(results, appendResult{id: id, payloads: payloads, first: first, err: err})
@@ -321,15 +322,7 @@ func TestGroupDeleteDuringAppends(t *testing.T) {
 				for i := range payloads {
 					payloads[i] = []byte(fmt.Sprintf("w%d-k%d-i%d-n%d", w, k, i, n))
 				}
-				var (
-					first int64
-					err   error
-				)
-				if batch {
-					first, err = s.AppendOutboxBatch(ctx, id, payloads, time.Now())
-				} else {
-					first, err = s.AppendOutbox(ctx, id, payloads[0], time.Now())
-				}
+				first, err := appendVia(ctx, s, id, payloads, batch)
 				switch {
 				case id == other && err != nil:
 					t.Errorf("append to the other connection: %v", err)
@@ -778,15 +771,7 @@ func TestGroupManyStoresOneSQLite(t *testing.T) {
 					for i := range payloads {
 						payloads[i] = []byte(fmt.Sprintf("s%d-g%d-j%d-%d", si, g, j, i))
 					}
-					var (
-						first int64
-						err   error
-					)
-					if n == 1 {
-						first, err = s.AppendOutbox(ctx, id, payloads[0], time.Now())
-					} else {
-						first, err = s.AppendOutboxBatch(ctx, id, payloads, time.Now())
-					}
+					first, err := appendVia(ctx, s, id, payloads, n > 1)
 					if err != nil {
 						t.Errorf("store %d: %v", si, err)
 						return
